@@ -1,0 +1,112 @@
+"""Private helpers shared by the encoder and decoder layers.
+
+One place for: validating constructor arguments, building a stack of hidden
+Dense layers, and flattening / un-flattening event dimensions.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"Expected `{name}` to be a positive integer. Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_hidden_units(hidden_units):
+    if isinstance(hidden_units, int):
+        hidden_units = (hidden_units,)
+    try:
+        units = tuple(hidden_units)
+    except TypeError:
+        raise ValueError(
+            "Expected `hidden_units` to be a sequence of positive integers. "
+            f"Received: hidden_units={hidden_units!r}"
+        ) from None
+    for u in units:
+        if isinstance(u, bool) or not isinstance(u, int) or u <= 0:
+            raise ValueError(
+                "Expected `hidden_units` to be a sequence of positive integers. "
+                f"Received: hidden_units={hidden_units!r}"
+            )
+    return units
+
+
+def check_event_shape(event_shape):
+    if isinstance(event_shape, int):
+        event_shape = (event_shape,)
+    try:
+        shape = tuple(event_shape)
+    except TypeError:
+        shape = None
+    if not shape or any(
+        isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape
+    ):
+        raise ValueError(
+            "Expected `event_shape` to be a non-empty tuple of positive integers, "
+            f"e.g. (28, 28, 1). Received: event_shape={event_shape!r}"
+        )
+    return shape
+
+
+def make_hidden_layers(hidden_units, activation, name_prefix, kernel_initializer):
+    """The hidden Dense layers of an MLP, created in `__init__`."""
+    return [
+        keras.layers.Dense(
+            units,
+            activation=activation,
+            kernel_initializer=kernel_initializer,
+            name=f"{name_prefix}_{i}",
+        )
+        for i, units in enumerate(hidden_units)
+    ]
+
+
+def build_stack(layers, input_dim):
+    """Builds `layers` in order from `input_dim`; returns the output width.
+
+    Layers that are already built (a reload, or a layer shared with another
+    model) are skipped: building a built Dense again raises.
+    """
+    dim = input_dim
+    for layer in layers:
+        if not layer.built:
+            layer.build((None, dim))
+        dim = layer.units
+    return dim
+
+
+def apply_stack(layers, h, training=None):
+    for layer in layers:
+        h = layer(h, training=training)
+    return h
+
+
+def check_float_or_int_dtype(x, layer_name):
+    """Refuses strings, complex numbers and other non-numeric inputs."""
+    dtype = tf.as_dtype(x.dtype)
+    if not (dtype.is_floating or dtype.is_integer or dtype == tf.bool):
+        raise ValueError(
+            f"Expected {layer_name} inputs with a real numeric dtype (float, int "
+            f"or uint8). Received: inputs.dtype={dtype.name}"
+        )
+
+
+def flatten_event(x, event_ndims):
+    """Reshapes `[..., *event]` to `[..., prod(event)]`."""
+    if event_ndims == 1:
+        return x
+    flat = math.prod(x.shape[-event_ndims:])
+    batch = tf.shape(x)[:-event_ndims]
+    return tf.reshape(x, tf.concat([batch, [flat]], axis=0))
+
+
+def unflatten_event(h, event_shape):
+    """Reshapes `[..., prod(event)]` to `[..., *event]`."""
+    batch = tf.shape(h)[:-1]
+    return tf.reshape(h, tf.concat([batch, list(event_shape)], axis=0))
