@@ -61,14 +61,23 @@ def monte_carlo_kl(q, p, num_samples=1, seed=None, z=None):
             the ELBO estimate consistent with its terms.
 
     Returns:
-        Tensor of shape `[B]`.
+        Tensor of shape `[B]`. For a posterior that is not reparameterized,
+        a score-function term with value 0 is added so that gradients of the
+        estimate with respect to q's parameters are unbiased.
     """
     if z is None:
         z = q.sample(num_samples, seed=seed)
-    log_ratio = q.log_prob(z) - p.log_prob(z)
-    if log_ratio.shape.rank is not None and log_ratio.shape.rank > len(q.batch_shape):
-        log_ratio = tf.reduce_mean(log_ratio, axis=0)
-    return log_ratio
+    log_q = q.log_prob(z)
+    log_ratio = log_q - p.log_prob(z)
+    if q.reparameterization_type != tfd.FULLY_REPARAMETERIZED:
+        # No gradient flows through the samples: add the score-function term,
+        # which leaves the value unchanged and makes the gradient unbiased.
+        log_ratio = log_ratio + tf.stop_gradient(log_ratio) * (
+            log_q - tf.stop_gradient(log_q)
+        )
+    # Average over every leading sample axis, whatever ranks are known statically.
+    sample_ndims = tf.rank(log_ratio) - tf.size(q.batch_shape_tensor())
+    return tf.reduce_mean(log_ratio, axis=tf.range(sample_ndims))
 
 
 def kl_divergence(q, p, z=None, seed=None, num_samples=1):
@@ -94,4 +103,5 @@ def kl_divergence(q, p, z=None, seed=None, num_samples=1):
     try:
         return tfd.kl_divergence(q, p)
     except NotImplementedError:
-        return monte_carlo_kl(q, p, num_samples=num_samples, seed=seed, z=z)
+        pass
+    return monte_carlo_kl(q, p, num_samples=num_samples, seed=seed, z=z)

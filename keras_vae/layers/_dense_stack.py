@@ -54,8 +54,22 @@ def check_event_shape(event_shape):
     return shape
 
 
-def make_hidden_layers(hidden_units, activation, name_prefix, kernel_initializer):
-    """The hidden Dense layers of an MLP, created in `__init__`."""
+def make_hidden_layers(
+    hidden_units, activation, name_prefix, kernel_initializer, gated=False
+):
+    """The hidden layers of an MLP (Dense, or GatedDense), created in `__init__`."""
+    if gated:
+        from keras_vae.layers.gated_dense import GatedDense
+
+        return [
+            GatedDense(
+                units,
+                activation=activation,
+                kernel_initializer=kernel_initializer,
+                name=f"{name_prefix}_{i}",
+            )
+            for i, units in enumerate(hidden_units)
+        ]
     return [
         keras.layers.Dense(
             units,

@@ -29,15 +29,17 @@ class _MLPDecoder(keras.layers.Layer):
         hidden_units=(256, 512),
         activation="relu",
         kernel_initializer="glorot_uniform",
+        gated=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.gated = bool(gated)
         self.event_shape = _dense_stack.check_event_shape(event_shape)
         self.hidden_units = _dense_stack.check_hidden_units(hidden_units)
         self.activation = activation
         self.kernel_initializer = kernel_initializer
         self.hidden_layers = _dense_stack.make_hidden_layers(
-            self.hidden_units, activation, "hidden", kernel_initializer
+            self.hidden_units, activation, "hidden", kernel_initializer, self.gated
         )
         self.params_layer = keras.layers.Dense(
             self.params_per_element * math.prod(self.event_shape),
@@ -83,6 +85,7 @@ class _MLPDecoder(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     keras.initializers.get(self.kernel_initializer)
                 ),
+                "gated": self.gated,
             }
         )
         return config
@@ -101,6 +104,9 @@ class BernoulliDecoder(_MLPDecoder):
         hidden_units: Sequence of positive ints, widths of the hidden layers.
         activation: Activation of the hidden layers.
         kernel_initializer: Initializer of all Dense kernels.
+        gated: If True, the hidden layers are `GatedDense` layers computing
+            `activation(x W + b) * sigmoid(x V + c)` (pass `activation=None`
+            for the linear-gated layers of the VampPrior paper).
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -146,6 +152,9 @@ class GaussianDecoder(_MLPDecoder):
         min_scale: Positive float floor of a learned scale.
         activation: Activation of the hidden layers.
         kernel_initializer: Initializer of all Dense kernels.
+        gated: If True, the hidden layers are `GatedDense` layers computing
+            `activation(x W + b) * sigmoid(x V + c)` (pass `activation=None`
+            for the linear-gated layers of the VampPrior paper).
         **kwargs: Base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -171,6 +180,7 @@ class GaussianDecoder(_MLPDecoder):
         min_scale=1e-3,
         activation="relu",
         kernel_initializer="glorot_uniform",
+        gated=False,
         **kwargs,
     ):
         if scale is not None and not scale > 0:
@@ -190,6 +200,7 @@ class GaussianDecoder(_MLPDecoder):
             hidden_units=hidden_units,
             activation=activation,
             kernel_initializer=kernel_initializer,
+            gated=gated,
             **kwargs,
         )
 

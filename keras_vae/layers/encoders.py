@@ -26,6 +26,9 @@ class GaussianEncoder(keras.layers.Layer):
         activation: Activation of the hidden layers.
         min_scale: Positive float, floor added to the posterior scale.
         kernel_initializer: Initializer of all Dense kernels.
+        gated: If True, the hidden layers are `GatedDense` layers computing
+            `activation(x W + b) * sigmoid(x V + c)` (pass `activation=None`
+            for the linear-gated layers of the VampPrior paper).
         **kwargs: Base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -52,9 +55,11 @@ class GaussianEncoder(keras.layers.Layer):
         activation="relu",
         min_scale=1e-4,
         kernel_initializer="glorot_uniform",
+        gated=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.gated = bool(gated)
         self.latent_dim = _dense_stack.check_positive_int("latent_dim", latent_dim)
         self.hidden_units = _dense_stack.check_hidden_units(hidden_units)
         if not min_scale > 0:
@@ -65,7 +70,7 @@ class GaussianEncoder(keras.layers.Layer):
         self.min_scale = float(min_scale)
         self.kernel_initializer = kernel_initializer
         self.hidden_layers = _dense_stack.make_hidden_layers(
-            self.hidden_units, activation, "hidden", kernel_initializer
+            self.hidden_units, activation, "hidden", kernel_initializer, self.gated
         )
         self.params_layer = keras.layers.Dense(
             2 * self.latent_dim,
@@ -121,6 +126,7 @@ class GaussianEncoder(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     keras.initializers.get(self.kernel_initializer)
                 ),
+                "gated": self.gated,
             }
         )
         return config

@@ -1,0 +1,248 @@
+"""Evaluating a trained VAE: importance-sampled log-likelihood and diagnostics.
+
+* `log_importance_weights`: log w = log p(x|z) + log p(z) - log q(z|x), the one
+  place the importance weights are computed.
+* `importance_sampled_log_likelihood`: the IWAE bound (Burda et al. 2016)
+  log p(x) >= log (1/k) sum_i w_i, per example, computed in log space with a
+  running logsumexp over chunks of samples so memory stays bounded whatever k.
+* `evaluate`: over a dataset, the NLL (nats), the ELBO and its terms (rate =
+  KL, distortion = -E_q[log p(x|z)]), the gap log p(x) - ELBO (an estimate of
+  KL(q(z|x) || p(z|x))), active units, and the per-example KL next to the KL
+  of a Gaussian fitted to the aggregate of codes.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_vae import kl as kl_lib
+
+DEFAULT_MAX_ELEMENTS = 2**23
+
+
+def log_importance_weights(model, x, q, z):
+    """log p(x|z) + log p(z) - log q(z|x) for samples `z` of shape `[S, B, L]`.
+
+    The decoder runs on the flattened `[S * B, L]` codes (plain matrix
+    products) and `x` is tiled to match.
+
+    Returns:
+        A tuple `(log_w, log_px_given_z)` of `[S, B]` tensors.
+    """
+    num_samples = tf.shape(z)[0]
+    batch = tf.shape(z)[1]
+    flat_z = tf.reshape(z, [-1, z.shape[-1]])
+    p = model.decoder(flat_z, training=False)
+    x_tiled = tf.tile(x, tf.concat([[num_samples], tf.ones([x.shape.rank - 1], tf.int32)], 0))
+    log_px_given_z = tf.reshape(p.log_prob(x_tiled), [num_samples, batch])
+    log_pz = model.prior.distribution(z.dtype).log_prob(z)
+    log_qz = q.log_prob(z)
+    return log_px_given_z + log_pz - log_qz, log_px_given_z
+
+
+def _chunk_size(batch, event_size, num_samples, max_elements):
+    return int(max(1, min(num_samples, max_elements // max(1, batch * event_size))))
+
+
+class _ImportanceSampler:
+    """Compiled per-chunk work of the IWAE estimate, shared by all batches."""
+
+    def __init__(self, model):
+        self.model = model
+        self._chunk = tf.function(self._chunk_fn, reduce_retracing=True)
+
+    def _chunk_fn(self, x, num_samples, seed):
+        q = self.model.encoder(x, training=False)
+        z = q.sample(num_samples, seed=seed)
+        log_w, log_px_given_z = log_importance_weights(self.model, x, q, z)
+        return (
+            tf.reduce_logsumexp(log_w, axis=0),
+            tf.reduce_sum(log_px_given_z, axis=0),
+        )
+
+    def __call__(self, x, num_samples, seed, max_elements):
+        """Returns `(log p(x) estimate, mean log p(x|z) over the samples)`."""
+        batch = int(x.shape[0])
+        event_size = math.prod(x.shape[1:])
+        chunk = _chunk_size(batch, event_size, num_samples, max_elements)
+        running = None
+        sum_log_px_given_z = tf.zeros([batch], x.dtype)
+        done = 0
+        index = 0
+        while done < num_samples:
+            size = min(chunk, num_samples - done)
+            chunk_seed = tf.constant([seed, index], tf.int32)
+            lse, s = self._chunk(x, tf.constant(size, tf.int32), chunk_seed)
+            running = lse if running is None else tf.reduce_logsumexp(tf.stack([running, lse]), axis=0)
+            sum_log_px_given_z += s
+            done += size
+            index += 1
+        log_px = running - tf.math.log(tf.cast(num_samples, x.dtype))
+        return log_px, sum_log_px_given_z / num_samples
+
+
+def importance_sampled_log_likelihood(
+    model, x, num_samples=5000, seed=0, max_elements=DEFAULT_MAX_ELEMENTS
+):
+    """IWAE estimate of log p(x) per example, in nats.
+
+    log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k
+    with z_i ~ q(z|x), i = 1..k. It is a lower bound of log p(x) in
+    expectation, equal to the ELBO for k = 1 and tight as k grows.
+
+    Args:
+        model: A built `keras_vae.VAE`.
+        x: One batch of inputs (any form the model accepts).
+        num_samples: k, the number of importance samples per example.
+        seed: Int seed; the same seed gives the same estimate.
+        max_elements: Bound on `samples * batch * event_size` processed at
+            once (memory), the samples being split in chunks to respect it.
+
+    Returns:
+        A `[batch]` float tensor.
+
+    Example:
+
+    >>> log_px = importance_sampled_log_likelihood(vae, x, num_samples=100)  # doctest: +SKIP
+    """
+    x = model._prepare(x)
+    return _ImportanceSampler(model)(x, num_samples, seed, max_elements)[0]
+
+
+def active_units(posterior_means, threshold=0.01):
+    """Burda et al.'s active units: dims with Cov_x(E_q[z_j]) > threshold.
+
+    Args:
+        posterior_means: Array `[num_examples, latent_dim]` of E_q[z|x].
+        threshold: Variance threshold.
+
+    Returns:
+        `(count, per_dimension_variance)`.
+    """
+    variance = np.var(np.asarray(posterior_means, np.float64), axis=0)
+    return int(np.sum(variance > threshold)), variance
+
+
+def aggregate_posterior_kl(codes):
+    """KL to N(0, I) of a diagonal Gaussian fitted to a set of codes.
+
+    This is the batch-level "moment match" that the VAE objective does *not*
+    use: it can be near 0 while every example's KL(q(z|x) || p(z)) is large.
+    """
+    codes = np.asarray(codes, np.float64)
+    loc = codes.mean(axis=0)
+    scale = np.maximum(codes.std(axis=0), 1e-12)
+    return float(kl_lib.gaussian_kl(loc, scale).numpy())
+
+
+def evaluate(
+    model,
+    dataset,
+    num_samples=5000,
+    seed=0,
+    max_elements=DEFAULT_MAX_ELEMENTS,
+    verbose=1,
+    return_per_example=False,
+):
+    """Log-likelihood and diagnostics of a VAE over a dataset.
+
+    Args:
+        model: A `keras_vae.VAE`.
+        dataset: Iterable of batches (arrays, `(x, y)` pairs or dicts with an
+            "image" key), e.g. `keras_vae.data.load(..., shuffle=False)`.
+        num_samples: k importance samples per example (5000 in the literature).
+        seed: Int seed of the samples.
+        max_elements: Memory bound, see `importance_sampled_log_likelihood`.
+        verbose: 1 shows a progress bar.
+        return_per_example: Also return the per-example arrays.
+
+    Returns:
+        A dict of floats, all in nats per example unless noted: `nll`
+        (-log p(x), IWAE with k samples), `log_likelihood`, `elbo`,
+        `reconstruction` (E_q[log p(x|z)], averaged over the same k samples),
+        `distortion` (-reconstruction), `rate` (= `kl`, analytic), `gap`
+        (log p(x) - ELBO), `active_units` (count), `latent_dim`,
+        `aggregate_posterior_kl` (KL to the prior of a Gaussian fitted to one
+        posterior sample per example), `num_examples`, `num_samples`. With
+        `return_per_example`, also a dict of arrays under `per_example`.
+    """
+    sampler = _ImportanceSampler(model)
+    per = {"log_likelihood": [], "reconstruction": [], "kl": []}
+    means, codes = [], []
+    progbar = None
+    try:
+        total = len(dataset)
+    except TypeError:
+        total = None
+    if verbose:
+        progbar = keras.utils.Progbar(total, unit_name="batch")
+    rng_seed = tf.constant([seed, -1], tf.int32)
+    for i, batch in enumerate(dataset):
+        x = model._prepare(batch)
+        log_px, reconstruction = sampler(x, num_samples, seed + 1000003 * i, max_elements)
+        q = model.encoder(x, training=False)
+        kl = kl_lib.kl_divergence(q, model.prior.distribution(x.dtype))
+        per["log_likelihood"].append(log_px.numpy())
+        per["reconstruction"].append(reconstruction.numpy())
+        per["kl"].append(kl.numpy())
+        means.append(q.mean().numpy())
+        codes.append(q.sample(seed=rng_seed + [0, i]).numpy())
+        if progbar is not None:
+            progbar.update(i + 1, [("nll", -float(np.mean(per["log_likelihood"][-1])))])
+    if not per["kl"]:
+        raise ValueError("Expected a dataset with at least one batch. Received: an empty dataset")
+    per = {k: np.concatenate(v) for k, v in per.items()}
+    per["elbo"] = per["reconstruction"] - per["kl"]
+    count, _ = active_units(np.concatenate(means))
+    results = {
+        "nll": float(-per["log_likelihood"].mean()),
+        "log_likelihood": float(per["log_likelihood"].mean()),
+        "elbo": float(per["elbo"].mean()),
+        "reconstruction": float(per["reconstruction"].mean()),
+        "distortion": float(-per["reconstruction"].mean()),
+        "kl": float(per["kl"].mean()),
+        "rate": float(per["kl"].mean()),
+        "gap": float((per["log_likelihood"] - per["elbo"]).mean()),
+        "active_units": count,
+        "latent_dim": int(model.latent_dim),
+        "aggregate_posterior_kl": aggregate_posterior_kl(np.concatenate(codes)),
+        "num_examples": int(per["kl"].shape[0]),
+        "num_samples": int(num_samples),
+    }
+    if return_per_example:
+        results["per_example"] = per
+    return results
+
+
+TABLE_ROWS = (
+    ("nll", "NLL -log p(x) (nats, IWAE)"),
+    ("elbo", "ELBO (nats)"),
+    ("gap", "gap log p(x) - ELBO"),
+    ("rate", "rate KL(q(z|x)||p(z))"),
+    ("distortion", "distortion -E_q[log p(x|z)]"),
+    ("aggregate_posterior_kl", "KL of Gaussian fit to codes"),
+    ("active_units", "active units"),
+    ("num_samples", "importance samples k"),
+    ("num_examples", "examples"),
+)
+
+
+def format_table(results_by_split):
+    """A plain-text table of `evaluate` results, one column per split."""
+    splits = list(results_by_split)
+    width = max(len(label) for _, label in TABLE_ROWS) + 2
+    lines = ["".ljust(width) + "".join(s.rjust(14) for s in splits)]
+    for key, label in TABLE_ROWS:
+        cells = []
+        for split in splits:
+            value = results_by_split[split].get(key)
+            if key == "active_units":
+                cells.append(f"{value}/{results_by_split[split]['latent_dim']}")
+            elif isinstance(value, int):
+                cells.append(str(value))
+            else:
+                cells.append(f"{value:.2f}")
+        lines.append(label.ljust(width) + "".join(c.rjust(14) for c in cells))
+    return "\n".join(lines)

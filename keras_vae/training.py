@@ -1,0 +1,233 @@
+"""Training a VAE on a TFDS dataset end to end: the work behind tools/train.py.
+
+`train(TrainConfig(...))` loads the data, builds and compiles the model, fits
+it with KL warm-up, early stopping on the validation ELBO, a checkpoint of the
+best model, per-epoch backups for resuming and TensorBoard logs, then reloads
+the best model and returns it with its history. Evaluation, plots and export
+are separate package functions (`keras_vae.evaluation`, `keras_vae.plotting`,
+`keras_vae.export`) that `tools/train.py` wires together.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+
+from keras_vae import data as data_lib
+from keras_vae.callbacks import KLWarmup
+from keras_vae.layers import BernoulliDecoder
+from keras_vae.layers import GaussianEncoder
+from keras_vae.models.vae import VAE
+
+ARCHITECTURES = ("mlp", "gated")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved as `config.json`)."""
+
+    dataset: str = data_lib.DEFAULT_DATASET
+    data_dir: str = None
+    architecture: str = "mlp"
+    hidden_units: tuple = (512, 256)
+    latent_dim: int = 32
+    beta: float = 1.0
+    warmup_epochs: int = 10
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_halve_every: int = 0
+    patience: int = 0
+    seed: int = 0
+    output_dir: str = "runs/binarized_mnist_vae"
+    train_split: str = "train"
+    validation_split: str = "validation"
+    take: int = None
+    steps_per_execution: int = 1
+    verbose: int = 1
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"Expected architecture in {ARCHITECTURES}. "
+                f"Received: architecture={self.architecture!r}"
+            )
+        self.hidden_units = tuple(int(u) for u in self.hidden_units)
+        for name in ("epochs", "batch_size", "latent_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(
+                    f"Expected `{name}` to be a positive integer. Received: {name}={value!r}"
+                )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate}"
+            )
+
+    @classmethod
+    def from_json_file(cls, path):
+        with open(path) as f:
+            return cls(**json.load(f))
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, default=list)
+
+
+def build_vae(config, input_shape=(None, 28, 28, 1)):
+    """The VAE a config describes, built for `input_shape`.
+
+    "mlp": ReLU hidden layers; "gated": linear gated layers
+    (`GatedDense`, as in the VampPrior paper). The decoder mirrors the encoder.
+    """
+    gated = config.architecture == "gated"
+    activation = None if gated else "relu"
+    encoder = GaussianEncoder(
+        config.latent_dim,
+        hidden_units=config.hidden_units,
+        activation=activation,
+        gated=gated,
+        name="encoder",
+    )
+    decoder = BernoulliDecoder(
+        tuple(input_shape[1:]),
+        hidden_units=tuple(reversed(config.hidden_units)),
+        activation=activation,
+        gated=gated,
+        name="decoder",
+    )
+    return VAE(
+        encoder,
+        decoder,
+        beta=config.beta,
+        seed=config.seed,
+        input_shape=input_shape,
+        name="vae",
+    )
+
+
+def _optimizer(config, steps_per_epoch):
+    learning_rate = config.learning_rate
+    if config.lr_halve_every:
+        learning_rate = keras.optimizers.schedules.ExponentialDecay(
+            config.learning_rate,
+            decay_steps=config.lr_halve_every * steps_per_epoch,
+            decay_rate=0.5,
+            staircase=True,
+        )
+    return keras.optimizers.Adam(learning_rate)
+
+
+def paths(output_dir):
+    """Where a run writes its files."""
+    return {
+        "config": os.path.join(output_dir, "config.json"),
+        "best": os.path.join(output_dir, "best.keras"),
+        "last": os.path.join(output_dir, "last.keras"),
+        "backup": os.path.join(output_dir, "backup"),
+        "history": os.path.join(output_dir, "history.csv"),
+        "tensorboard": os.path.join(output_dir, "tensorboard"),
+        "plots": os.path.join(output_dir, "plots"),
+        "evaluation": os.path.join(output_dir, "evaluation.json"),
+    }
+
+
+def train(config):
+    """Trains a VAE as `config` says; resumes if `output_dir` holds a backup.
+
+    Returns:
+        `(model, history)`: the model with the best validation ELBO (the last
+        one when there is no validation split) and a dict of per-epoch lists
+        read from `history.csv` (complete across resumed runs).
+    """
+    keras.utils.set_random_seed(config.seed)
+    files = paths(config.output_dir)
+    os.makedirs(config.output_dir, exist_ok=True)
+    resuming = os.path.isdir(files["backup"])
+    if not resuming and os.path.exists(files["history"]):
+        os.remove(files["history"])  # a new run, not the continuation of one
+    with open(files["config"], "w") as f:
+        f.write(config.to_json())
+
+    train_ds = data_lib.load(
+        config.dataset,
+        config.train_split,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        data_dir=config.data_dir,
+        take=config.take,
+    )
+    val_ds = None
+    if config.validation_split:
+        val_ds = data_lib.load(
+            config.dataset,
+            config.validation_split,
+            batch_size=max(config.batch_size, 500),
+            data_dir=config.data_dir,
+            take=config.take,
+        )
+    steps_per_epoch = int(train_ds.cardinality())
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"Expected a non-empty training split. Received: {config.dataset}"
+            f"[{config.train_split}] with take={config.take}"
+        )
+
+    model = build_vae(config)
+    model.compile(
+        optimizer=_optimizer(config, steps_per_epoch),
+        steps_per_execution=config.steps_per_execution,
+    )
+    monitor = "val_elbo" if val_ds is not None else "elbo"
+    best_checkpoint = keras.callbacks.ModelCheckpoint(
+        files["best"], monitor=monitor, mode="max", save_best_only=True
+    )
+    previous = read_history(files["history"]).get(monitor) if resuming else None
+    if previous:
+        best_checkpoint.best = max(previous)  # do not overwrite a better model
+    callbacks = [
+        KLWarmup(config.warmup_epochs, end=config.beta),
+        keras.callbacks.BackupAndRestore(files["backup"], save_freq="epoch"),
+        best_checkpoint,
+        keras.callbacks.CSVLogger(files["history"], append=True),
+        keras.callbacks.TensorBoard(files["tensorboard"]),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if config.patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                mode="max",
+                patience=config.patience,
+                start_from_epoch=config.warmup_epochs,
+            )
+        )
+    model.fit(
+        train_ds,
+        epochs=config.epochs,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        verbose=config.verbose,
+        shuffle=False,  # the dataset shuffles itself
+    )
+    model.save(files["last"])
+    best = keras.models.load_model(files["best"]) if os.path.exists(files["best"]) else model
+    return best, read_history(files["history"])
+
+
+def read_history(path):
+    """Per-epoch metrics from a CSVLogger file, as a dict of lists."""
+    import csv
+
+    if not os.path.exists(path):
+        return {}
+    rows = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            # An epoch re-run after a resume appears twice: keep its last row.
+            rows[int(row["epoch"])] = row
+    history = {}
+    for epoch in sorted(rows):
+        for key, value in rows[epoch].items():
+            history.setdefault(key, []).append(float(value))
+    return history
