@@ -56,3 +56,7 @@ class KLWarmup(keras.callbacks.Callback):
 
     def get_config(self):
         return {"epochs": self.epochs, "start": self.start, "end": self.end}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -63,7 +63,12 @@ class _ImportanceSampler:
         )
 
     def __call__(self, x, num_samples, seed, max_elements):
-        """Returns `(log p(x) estimate, mean log p(x|z) over the samples)`."""
+        """Returns `(log p(x) estimate, mean log p(x|z) over the samples)`.
+
+        `seed` is an int or a `[2]` stateless seed; chunk i uses
+        `stateless_fold_in(seed, i)`.
+        """
+        seed = tf.constant([seed, 0], tf.int64) if isinstance(seed, int) else seed
         batch = int(x.shape[0])
         event_size = math.prod(x.shape[1:])
         chunk = _chunk_size(batch, event_size, num_samples, max_elements)
@@ -73,7 +78,7 @@ class _ImportanceSampler:
         index = 0
         while done < num_samples:
             size = min(chunk, num_samples - done)
-            chunk_seed = tf.constant([seed, index], tf.int32)
+            chunk_seed = tf.random.experimental.stateless_fold_in(seed, index)
             lse, s = self._chunk(x, tf.constant(size, tf.int32), chunk_seed)
             running = lse if running is None else tf.reduce_logsumexp(tf.stack([running, lse]), axis=0)
             sum_log_px_given_z += s
@@ -178,17 +183,19 @@ def evaluate(
         total = None
     if verbose:
         progbar = keras.utils.Progbar(total, unit_name="batch")
-    rng_seed = tf.constant([seed, -1], tf.int32)
+    base_seed = tf.constant([seed, 0], tf.int64)
+    code_seed = tf.constant([seed, 1], tf.int64)
     for i, batch in enumerate(dataset):
         x = model._prepare(batch)
-        log_px, reconstruction = sampler(x, num_samples, seed + 1000003 * i, max_elements)
+        batch_seed = tf.random.experimental.stateless_fold_in(base_seed, i)
+        log_px, reconstruction = sampler(x, num_samples, batch_seed, max_elements)
         q = model.encoder(x, training=False)
         kl = kl_lib.kl_divergence(q, model.prior.distribution(x.dtype))
         per["log_likelihood"].append(log_px.numpy())
         per["reconstruction"].append(reconstruction.numpy())
         per["kl"].append(kl.numpy())
         means.append(q.mean().numpy())
-        codes.append(q.sample(seed=rng_seed + [0, i]).numpy())
+        codes.append(q.sample(seed=tf.random.experimental.stateless_fold_in(code_seed, i)).numpy())
         if progbar is not None:
             progbar.update(i + 1, [("nll", -float(np.mean(per["log_likelihood"][-1])))])
     if not per["kl"]:

@@ -29,6 +29,7 @@ import shutil
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -185,12 +186,29 @@ class _SignatureDecoder:
 
 
 class _SignaturePrior:
+    """The export's prior: N(0, I) when `prior_log_prob` is exactly that (so
+    `tfd.kl_divergence` stays analytic), else a wrapper around the signature."""
+
     def __init__(self, signature, latent_dim):
         self._signature = signature
         self.latent_dim = latent_dim
+        probe = tf.reshape(tf.linspace(-3.0, 3.0, 4 * latent_dim), [4, latent_dim])
+        self._standard_normal = bool(
+            np.allclose(
+                signature(z=probe)["log_prob"].numpy(),
+                self._normal(tf.float32).log_prob(probe).numpy(),
+                rtol=1e-6,
+                atol=1e-5,
+            )
+        )
+
+    def _normal(self, dtype):
+        zeros = tf.zeros([self.latent_dim], dtype)
+        return tfd.Independent(tfd.Normal(zeros, tf.ones_like(zeros)), 1)
 
     def distribution(self, dtype=tf.float32):
-        # The export holds log p(z) as a function; give it a log_prob.
+        if self._standard_normal:
+            return self._normal(dtype)
         signature = self._signature
 
         class _Prior:
@@ -215,6 +233,10 @@ class ExportedVAE:
     """
 
     def __init__(self, path):
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise ValueError(
+                f"Expected a SavedModel version directory (holding saved_model.pb). Received: {path}"
+            )
         self.path = path
         self.loaded = tf.saved_model.load(path)
         missing = [s for s in SIGNATURES if s not in self.loaded.signatures]

@@ -47,11 +47,12 @@ def plot_reconstructions(model, x, path, num_examples=12):
     """Inputs (top row) above their reconstructions (decoder mean at E_q[z])."""
     x = np.asarray(x)[:num_examples]
     recon = model.reconstruct(x).mean().numpy()
+    rows = (_images(x), _images(recon))
     fig, axes = plt.subplots(2, 1, figsize=(num_examples * 0.9, 2.4))
     for ax, images, title in zip(
-        axes, (x, recon), ("input x", "reconstruction E[x | z = E_q[z|x]]")
+        axes, rows, ("input x", "reconstruction E[x | z = E_q[z|x]]")
     ):
-        ax.imshow(_tile(_images(images), 1, len(x)), cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(_tile(images, 1, len(x)), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(title, fontsize=9, loc="left")
         ax.axis("off")
     return _save(fig, path)
@@ -60,9 +61,9 @@ def plot_reconstructions(model, x, path, num_examples=12):
 def plot_samples(model, path, num_samples=64, seed=0):
     """Pixel probabilities of p(x|z) for z drawn from the prior, in a grid."""
     side = int(np.ceil(np.sqrt(num_samples)))
-    images = model.sample(num_samples, seed=seed).mean().numpy()
+    images = _images(model.sample(num_samples, seed=seed).mean().numpy())
     fig, ax = plt.subplots(figsize=(side * 0.8, side * 0.8))
-    ax.imshow(_tile(_images(images), side, side), cmap="gray_r", vmin=0, vmax=1)
+    ax.imshow(_tile(images, side, side), cmap="gray_r", vmin=0, vmax=1)
     ax.set_title(f"{num_samples} samples: E[x|z], z ~ p(z)", fontsize=9)
     ax.axis("off")
     return _save(fig, path)
@@ -129,7 +130,8 @@ def plot_training_curves(history, path):
         ax.set_title(f"{key} (nats per example)", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
         if key in ("elbo", "reconstruction") and len(epochs) > 3:
             values = np.concatenate([history[k] for k in (key, f"val_{key}") if k in history][:2])
             ax.set_ylim(np.percentile(values, 5) - 5, values.max() + 2)

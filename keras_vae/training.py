@@ -132,8 +132,13 @@ def paths(output_dir):
     }
 
 
-def train(config):
-    """Trains a VAE as `config` says; resumes if `output_dir` holds a backup.
+def train(config, fresh=False):
+    """Trains a VAE as `config` says; continues the run in `output_dir` if any.
+
+    The per-epoch backup in `output_dir/backup` is kept after training ends,
+    so running again with more epochs continues an interrupted or a finished
+    run from its last epoch (optimizer state, epoch counter, beta schedule).
+    `fresh=True` deletes the run's backup, history and best model first.
 
     Returns:
         `(model, history)`: the model with the best validation ELBO (the last
@@ -142,6 +147,13 @@ def train(config):
     """
     keras.utils.set_random_seed(config.seed)
     files = paths(config.output_dir)
+    if fresh:
+        import shutil
+
+        shutil.rmtree(files["backup"], ignore_errors=True)
+        for key in ("history", "best", "last"):
+            if os.path.exists(files[key]):
+                os.remove(files[key])
     os.makedirs(config.output_dir, exist_ok=True)
     resuming = os.path.isdir(files["backup"])
     if not resuming and os.path.exists(files["history"]):
@@ -187,7 +199,9 @@ def train(config):
         best_checkpoint.best = max(previous)  # do not overwrite a better model
     callbacks = [
         KLWarmup(config.warmup_epochs, end=config.beta),
-        keras.callbacks.BackupAndRestore(files["backup"], save_freq="epoch"),
+        keras.callbacks.BackupAndRestore(
+            files["backup"], save_freq="epoch", delete_checkpoint=False
+        ),
         best_checkpoint,
         keras.callbacks.CSVLogger(files["history"], append=True),
         keras.callbacks.TensorBoard(files["tensorboard"]),

@@ -46,6 +46,16 @@ def load(path):
     return export.load_model_or_run(path)
 
 
+def default_output(model_path, splits):
+    """Beside the model; for an export, beside its version directory, never in
+    it (TF Serving may be serving it)."""
+    path = os.path.abspath(model_path.rstrip("/"))
+    name = f"evaluation-{'-'.join(splits)}.json"
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return os.path.join(os.path.dirname(path), f"evaluation-v{os.path.basename(path)}-{'-'.join(splits)}.json")
+    return os.path.join(path if os.path.isdir(path) else os.path.dirname(path), name)
+
+
 def main(argv=None):
     args = parse_args(argv)
     from keras_vae import data, evaluation
@@ -56,10 +66,7 @@ def main(argv=None):
         ds = data.load(args.dataset, split, batch_size=args.batch_size, shuffle=False, data_dir=args.data_dir, take=args.take)
         results[split] = evaluation.evaluate(model, ds, num_samples=args.samples, seed=args.seed, verbose=args.verbose)
     print(evaluation.format_table(results))
-    output = args.output or os.path.join(
-        args.model if os.path.isdir(args.model) else os.path.dirname(os.path.abspath(args.model)),
-        f"evaluation-{'-'.join(results)}.json",
-    )
+    output = args.output or default_output(args.model, list(results))
     with open(output, "w") as f:
         json.dump({"model": args.model, "dataset": args.dataset, "splits": results}, f, indent=2)
     print(f"Wrote {output}")

@@ -5,8 +5,8 @@ Example (the README's main job):
 
     python tools/train.py --data-dir ../shared/tensorflow_datasets --epochs 10
 
-Run again with the same --output-dir after an interruption to resume from the
-last completed epoch.
+Run again with the same --output-dir to continue from the last completed epoch
+(after an interruption, or with a larger --epochs); --fresh starts over.
 """
 
 import argparse
@@ -46,6 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval-split", action="append", default=None, help="splits to evaluate (default: validation, and test where it exists)")
     parser.add_argument("--take", type=int, default=None, help="use only the first N examples of each split (quick runs)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--fresh", action="store_true", help="delete the run's backup, history and best model and start over")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
     args = parser.parse_args(argv)
@@ -79,7 +80,7 @@ def main(argv=None):
     )
     files = training.paths(args.output_dir)
     start = time.time()
-    model, history = training.train(config)
+    model, history = training.train(config, fresh=args.fresh)
     train_seconds = time.time() - start
     print(f"Trained in {train_seconds:.0f} s; best model: {files['best']}")
 

@@ -5,6 +5,7 @@ Dense layers, and flattening / un-flattening event dimensions.
 """
 
 import math
+import numbers
 
 import keras
 import tensorflow as tf
@@ -55,7 +56,7 @@ def check_event_shape(event_shape):
 
 
 def make_hidden_layers(
-    hidden_units, activation, name_prefix, kernel_initializer, gated=False
+    hidden_units, activation, name_prefix, kernel_initializer, gated=False, dtype=None
 ):
     """The hidden layers of an MLP (Dense, or GatedDense), created in `__init__`."""
     if gated:
@@ -67,6 +68,7 @@ def make_hidden_layers(
                 activation=activation,
                 kernel_initializer=kernel_initializer,
                 name=f"{name_prefix}_{i}",
+                dtype=dtype,
             )
             for i, units in enumerate(hidden_units)
         ]
@@ -76,6 +78,7 @@ def make_hidden_layers(
             activation=activation,
             kernel_initializer=kernel_initializer,
             name=f"{name_prefix}_{i}",
+            dtype=dtype,
         )
         for i, units in enumerate(hidden_units)
     ]
@@ -124,3 +127,21 @@ def unflatten_event(h, event_shape):
     """Reshapes `[..., prod(event)]` to `[..., *event]`."""
     batch = tf.shape(h)[:-1]
     return tf.reshape(h, tf.concat([batch, list(event_shape)], axis=0))
+
+
+def check_positive_float(name, value, allow_none=False, none_meaning=""):
+    """A finite float > 0 (or None if allowed); ValueError naming the value."""
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        expected = f"None ({none_meaning}) or " if allow_none else ""
+        raise ValueError(
+            f"Expected `{name}` to be {expected}a finite float > 0. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)

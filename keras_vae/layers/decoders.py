@@ -39,12 +39,18 @@ class _MLPDecoder(keras.layers.Layer):
         self.activation = activation
         self.kernel_initializer = kernel_initializer
         self.hidden_layers = _dense_stack.make_hidden_layers(
-            self.hidden_units, activation, "hidden", kernel_initializer, self.gated
+            self.hidden_units,
+            activation,
+            "hidden",
+            kernel_initializer,
+            self.gated,
+            dtype=self.dtype_policy,
         )
         self.params_layer = keras.layers.Dense(
             self.params_per_element * math.prod(self.event_shape),
             kernel_initializer=kernel_initializer,
             name="params",
+            dtype=self.dtype_policy,
         )
         self.latent_dim = None
 
@@ -54,6 +60,11 @@ class _MLPDecoder(keras.layers.Layer):
             raise ValueError(
                 "Expected a latent input shape [..., latent_dim] with a fixed "
                 f"latent_dim. Received: input_shape={input_shape}"
+            )
+        if self.latent_dim is not None and int(input_shape[-1]) != self.latent_dim:
+            raise ValueError(
+                f"Expected a latent input shape [..., {self.latent_dim}] (this "
+                f"layer is already built). Received: input_shape={input_shape}"
             )
         self.latent_dim = int(input_shape[-1])
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: self.latent_dim})
@@ -183,17 +194,10 @@ class GaussianDecoder(_MLPDecoder):
         gated=False,
         **kwargs,
     ):
-        if scale is not None and not scale > 0:
-            raise ValueError(
-                "Expected `scale` to be None (learned) or a positive float. "
-                f"Received: scale={scale!r}"
-            )
-        if not min_scale > 0:
-            raise ValueError(
-                f"Expected `min_scale` > 0. Received: min_scale={min_scale!r}"
-            )
-        self.scale = None if scale is None else float(scale)
-        self.min_scale = float(min_scale)
+        self.scale = _dense_stack.check_positive_float(
+            "scale", scale, allow_none=True, none_meaning="learned"
+        )
+        self.min_scale = _dense_stack.check_positive_float("min_scale", min_scale)
         self.params_per_element = 2 if self.scale is None else 1
         super().__init__(
             event_shape,

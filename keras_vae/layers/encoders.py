@@ -62,20 +62,22 @@ class GaussianEncoder(keras.layers.Layer):
         self.gated = bool(gated)
         self.latent_dim = _dense_stack.check_positive_int("latent_dim", latent_dim)
         self.hidden_units = _dense_stack.check_hidden_units(hidden_units)
-        if not min_scale > 0:
-            raise ValueError(
-                f"Expected `min_scale` > 0. Received: min_scale={min_scale!r}"
-            )
         self.activation = activation
-        self.min_scale = float(min_scale)
+        self.min_scale = _dense_stack.check_positive_float("min_scale", min_scale)
         self.kernel_initializer = kernel_initializer
         self.hidden_layers = _dense_stack.make_hidden_layers(
-            self.hidden_units, activation, "hidden", kernel_initializer, self.gated
+            self.hidden_units,
+            activation,
+            "hidden",
+            kernel_initializer,
+            self.gated,
+            dtype=self.dtype_policy,
         )
         self.params_layer = keras.layers.Dense(
             2 * self.latent_dim,
             kernel_initializer=kernel_initializer,
             name="loc_and_scale",
+            dtype=self.dtype_policy,
         )
         self.input_event_shape = None
 
@@ -87,7 +89,15 @@ class GaussianEncoder(keras.layers.Layer):
                 "Expected an input shape [batch, *event_shape] with a fixed event "
                 f"shape, e.g. (None, 28, 28, 1). Received: input_shape={input_shape}"
             )
-        self.input_event_shape = tuple(int(d) for d in event_shape)
+        event_shape = tuple(int(d) for d in event_shape)
+        if self.input_event_shape is not None and event_shape != self.input_event_shape:
+            raise ValueError(
+                "Expected an input shape [batch, "
+                f"{', '.join(map(str, self.input_event_shape))}] (this layer is "
+                f"already built for {self.input_event_shape}). "
+                f"Received: input_shape={input_shape}"
+            )
+        self.input_event_shape = event_shape
         self.input_spec = keras.layers.InputSpec(
             shape=(None,) + self.input_event_shape
         )

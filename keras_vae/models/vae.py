@@ -1,6 +1,8 @@
 """The variational auto-encoder model."""
 
 import functools
+import math
+import numbers
 
 import keras
 import numpy as np
@@ -125,7 +127,12 @@ class VAE(keras.Model):
                 "Expected a prior with the encoder's latent_dim="
                 f"{latent_dim}. Received: prior.latent_dim={prior.latent_dim}"
             )
-        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta < 0:
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, numbers.Real)
+            or not math.isfinite(beta)
+            or beta < 0
+        ):
             raise ValueError(f"Expected `beta` to be a float >= 0. Received: beta={beta!r}")
         self.encoder = encoder
         self.decoder = decoder
@@ -214,29 +221,39 @@ class VAE(keras.Model):
         expected = self.input_event_shape
         shape_message = f"Expected inputs of shape (batch, {', '.join(map(str, expected))}). "
         checks = []
-        if x.shape.rank is None:
-            # Retracing with relaxed shapes can hide even the rank: check at run time.
-            checks.append(
-                tf.debugging.Assert(
-                    tf.reduce_all(
-                        tf.equal(
-                            tf.shape(x, out_type=tf.int64)[1:],
-                            tf.constant(expected, dtype=tf.int64),
-                        )
-                    )
-                    if len(expected) > 0
-                    else tf.constant(True),
-                    [f"{INPUT_ERROR_TAG}{shape_message}Received: x.shape =", tf.shape(x)],
-                )
-            )
-        else:
+        if x.shape.rank is not None:
             received = tuple(x.shape[1:])
             if len(received) != len(expected) or any(
                 r is not None and r != e for r, e in zip(received, expected)
             ):
                 raise ValueError(f"{shape_message}Received: x.shape={tuple(x.shape)}")
+        if x.shape.rank is None or any(d is None for d in x.shape[1:]):
+            # Retracing with relaxed shapes (reduce_retracing) can hide dimensions
+            # or even the rank: check what is left at run time.
+            shape = tf.shape(x, out_type=tf.int64)
+            same = tf.cond(
+                tf.equal(tf.size(shape), len(expected) + 1),
+                lambda: tf.reduce_all(
+                    tf.equal(shape[1:], tf.constant(expected, dtype=tf.int64))
+                ),
+                lambda: tf.constant(False),
+            )
+            checks.append(
+                tf.debugging.Assert(
+                    same,
+                    [f"{INPUT_ERROR_TAG}{shape_message}Received: x.shape =", shape],
+                    summarize=-1,
+                )
+            )
         with tf.control_dependencies(checks):
-            x = tf.ensure_shape(tf.cast(x, self.compute_dtype), (None,) + tuple(expected))
+            x = tf.cast(x, self.compute_dtype)
+            if checks:
+                # Not tf.ensure_shape / set_shape: given a static shape claim,
+                # Grappler evaluates shape-dependent ops with the run-time shape
+                # before the Assert has run. A reshape is an op that waits for it.
+                x = tf.reshape(x, (-1,) + tuple(expected))
+            else:
+                x = tf.ensure_shape(x, (None,) + tuple(expected))
         return self._check_values(x)
 
     def _check_values(self, x):
@@ -296,6 +313,8 @@ class VAE(keras.Model):
         """
         if seed is None:
             seed = stateless_seed(self.seed_generator)
+        elif isinstance(seed, int):
+            seed = tf.constant([0, seed], dtype=tf.int32)  # stateless: reproducible
         z = self.prior.distribution().sample(num_samples, seed=seed)
         return self.decoder(z, training=False)
 
@@ -364,20 +383,40 @@ class VAE(keras.Model):
         self.elbo_tracker.update_state(terms["elbo"])
         return {m.name: m.result() for m in self.metrics}
 
+    def _check_beta(self):
+        if tf.executing_eagerly():
+            if not float(self.beta) >= 0:
+                raise ValueError(
+                    f"Expected `beta` >= 0. Received: beta={float(self.beta):g}"
+                )
+            return []
+        return [
+            tf.debugging.Assert(
+                self.beta >= 0,
+                [f"{INPUT_ERROR_TAG}Expected `beta` >= 0. Received: beta =", self.beta],
+            )
+        ]
+
     def train_step(self, data):
         x = self._prepare(data)
-        with tf.GradientTape() as tape:
-            terms = self.elbo_terms(x, training=True, prepared=True)
-            loss = self._loss(terms)
-            scaled_loss = self.optimizer.scale_loss(_scale_loss_for_distribution(loss))
-        gradients = tape.gradient(scaled_loss, self.trainable_weights)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        return self._update_metrics(loss, terms)
+        # Every state change of the step (seed generator, optimizer iterations,
+        # weights, metrics) must wait for the input checks carried by `x`.
+        with tf.control_dependencies([x] + self._check_beta()):
+            with tf.GradientTape() as tape:
+                terms = self.elbo_terms(x, training=True, prepared=True)
+                loss = self._loss(terms)
+                scaled_loss = self.optimizer.scale_loss(
+                    _scale_loss_for_distribution(loss)
+                )
+            gradients = tape.gradient(scaled_loss, self.trainable_weights)
+            self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+            return self._update_metrics(loss, terms)
 
     def test_step(self, data):
         x = self._prepare(data)
-        terms = self.elbo_terms(x, training=False, prepared=True)
-        return self._update_metrics(self._loss(terms), terms)
+        with tf.control_dependencies([x]):
+            terms = self.elbo_terms(x, training=False, prepared=True)
+            return self._update_metrics(self._loss(terms), terms)
 
     @property
     def metrics(self):

@@ -1,0 +1,179 @@
+"""Shared fixtures: tiny binary data sets and a small-VAE factory.
+
+Everything here is sized for a 2-core CPU: 8x8x1 images, latent 2, one hidden
+layer of 32 units. Randomness goes through `keras.utils.set_random_seed` (Python,
+NumPy and TensorFlow at once) and NumPy `default_rng` generators with fixed seeds.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_vae  # noqa: E402
+from keras_vae.layers import BernoulliDecoder  # noqa: E402
+from keras_vae.layers import GaussianEncoder  # noqa: E402
+
+IMAGE_SHAPE = (8, 8, 1)
+
+
+def _prototype_images(num_examples, num_prototypes=4, flip_probability=0.05, seed=0):
+    """Binary 8x8x1 images: random prototypes with a few pixels flipped.
+
+    Structured enough that a tiny VAE learns it in a few epochs (each pixel is
+    almost determined by which prototype an image comes from), binary so that
+    a Bernoulli likelihood is valid.
+    """
+    rng = np.random.default_rng(seed)
+    prototypes = rng.random((num_prototypes,) + IMAGE_SHAPE) < 0.5
+    labels = rng.integers(0, num_prototypes, num_examples)
+    flips = rng.random((num_examples,) + IMAGE_SHAPE) < flip_probability
+    images = (prototypes[labels] ^ flips).astype("float32")
+    return images, labels.astype("int64")
+
+
+@pytest.fixture
+def binary_images():
+    """64 random binary images of shape (8, 8, 1), float32 in {0, 1}."""
+    rng = np.random.default_rng(1)
+    return (rng.random((64,) + IMAGE_SHAPE) < 0.5).astype("float32")
+
+
+@pytest.fixture
+def prototype_images():
+    """(images, labels): 512 prototype-with-noise binary 8x8x1 images, float32."""
+    return _prototype_images(512)
+
+
+@pytest.fixture(scope="module")
+def module_prototype_images():
+    """Same data as `prototype_images`, for module-scoped fixtures."""
+    return _prototype_images(512)
+
+
+def build_small_vae(
+    latent_dim=2,
+    hidden_units=(32,),
+    event_shape=IMAGE_SHAPE,
+    beta=1.0,
+    seed=0,
+    learning_rate=1e-2,
+    compile=True,
+    **kwargs,
+):
+    """A small `keras_vae.VAE` (MLP 32 units, latent 2), compiled with Adam."""
+    keras.utils.set_random_seed(seed)
+    vae = keras_vae.VAE(
+        GaussianEncoder(latent_dim, hidden_units=hidden_units),
+        BernoulliDecoder(event_shape, hidden_units=hidden_units),
+        beta=beta,
+        seed=seed,
+        **kwargs,
+    )
+    if compile:
+        vae.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    return vae
+
+
+@pytest.fixture(scope="session")
+def make_vae():
+    """Factory fixture: `make_vae(latent_dim=2, beta=1.0, ...)` -> compiled VAE."""
+    return build_small_vae
+
+
+def _state(model):
+    """Name -> value of every variable of the model and of its optimizer.
+
+    Includes trainable weights, `beta`, the seed generator state, and the
+    optimizer's iteration counter, learning rate and slot variables.
+    """
+    state = {}
+    for v in model.variables:
+        state[f"model:{v.path}"] = np.array(v)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        for v in optimizer.variables:
+            state[f"optimizer:{v.path}"] = np.array(v)
+    return state
+
+
+def _changed(before, after):
+    """Names of the variables that differ (or appeared / disappeared)."""
+    names = sorted(set(before) | set(after))
+    return [
+        n
+        for n in names
+        if n not in before
+        or n not in after
+        or not np.array_equal(before[n], after[n], equal_nan=True)
+    ]
+
+
+@pytest.fixture
+def model_state():
+    """`model_state(model)` -> dict of all model and optimizer variable values."""
+    return _state
+
+
+@pytest.fixture
+def changed_variables():
+    """`changed_variables(before, after)` -> names of variables that changed."""
+    return _changed
+
+
+# ------------------------------------------------------------------ mock TFDS
+
+
+@pytest.fixture(scope="session")
+def mock_tfds(tmp_path_factory):
+    """Factory of context managers mocking TFDS with on-disk metadata.
+
+    `with mock_tfds(num_examples=20, max_value=2) as data_dir:` makes every
+    `tfds.load` / `tfds.builder` of binarized_mnist, mnist and fashion_mnist
+    read `num_examples` deterministic random examples per split, never the
+    network nor any real data. The metadata (`dataset_info.json`, written in a
+    fresh temporary directory) declares `splits` with `num_examples` each, so
+    `keras_vae.data` sees the split names and sizes it checks (without metadata,
+    `tfds.testing.mock_data` knows no split names).
+
+    Pixel values: `max_value=None` gives TFDS's default, uint8 in [0, 254];
+    `max_value=2` gives binary images in {0, 1}. Labels of mnist-like datasets
+    are in [0, 10) whatever `max_value`.
+    """
+    import contextlib
+
+    @contextlib.contextmanager
+    def mock(num_examples=20, max_value=None, splits=("train", "validation")):
+        import tensorflow_datasets as tfds
+
+        root = str(tmp_path_factory.mktemp("tfds_metadata"))
+        with tfds.testing.mock_data(
+            num_examples=num_examples,
+            max_value=max_value,
+            policy=tfds.testing.MockPolicy.USE_FILES,
+            data_dir=root,
+        ):
+            # Builders made inside the mock get `root` as their data_dir.
+            for name in ("binarized_mnist", "mnist", "fashion_mnist"):
+                builder = tfds.builder(name, data_dir=root)
+                builder.info.set_splits(
+                    tfds.core.SplitDict(
+                        [
+                            tfds.core.SplitInfo(
+                                name=split,
+                                shard_lengths=[num_examples],
+                                num_bytes=0,
+                                filename_template=None,
+                            )
+                            for split in splits
+                        ]
+                    )
+                )
+                os.makedirs(builder.data_dir, exist_ok=True)
+                builder.info.write_to_directory(builder.data_dir)
+            yield root
+
+    return mock

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Query a keras_vae model served by TensorFlow Serving (REST or gRPC).
+
+Sends one request to a signature of the served model and prints each output's
+shape, dtype and first values. Inputs: a few validation images of
+binarized_mnist from TFDS (--images tfds) or random binary images (default)
+for `encode`, `elbo` and `serving_default`; codes z ~ N(0, I) for `decode`
+and `prior_log_prob`; --num for `sample`. Shapes are read from the model's
+metadata unless --event-shape / --latent-dim are given.
+
+Examples (server started as in saved_models/README.md):
+
+    python tools/serving_client.py --rest localhost:8501 --signature encode
+    python tools/serving_client.py --grpc localhost:8500 --signature sample --num 4
+    python tools/serving_client.py --rest localhost:8501 --signature elbo \\
+        --images tfds --data-dir ../shared/tensorflow_datasets
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SIGNATURES = ("encode", "decode", "prior_log_prob", "elbo", "sample", "serving_default")
+X_SIGNATURES = ("encode", "elbo", "serving_default")
+Z_SIGNATURES = ("decode", "prior_log_prob")
+
+
+def _host_port(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _shape(text):
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+    if not shape or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive dimensions, got {text!r}")
+    return shape
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    server = parser.add_mutually_exclusive_group(required=True)
+    server.add_argument("--rest", type=_host_port, metavar="HOST:PORT", help="REST API (e.g. localhost:8501)")
+    server.add_argument("--grpc", type=_host_port, metavar="HOST:PORT", help="gRPC API (e.g. localhost:8500)")
+    parser.add_argument("--model", default="binarized_mnist_vae", help="served model name (default: binarized_mnist_vae)")
+    parser.add_argument("--version", type=int, default=None, help="model version (default: latest served)")
+    parser.add_argument("--signature", default="serving_default", choices=SIGNATURES)
+    parser.add_argument("--batch", type=int, default=3, help="number of images or codes sent (default 3)")
+    parser.add_argument("--num", type=int, default=4, help="number of samples for --signature sample (default 4)")
+    parser.add_argument("--images", choices=("random", "tfds"), default="random", help="x inputs: random binary images or TFDS validation images")
+    parser.add_argument("--dataset", default="binarized_mnist", help="TFDS dataset for --images tfds")
+    parser.add_argument("--split", default="validation", help="TFDS split for --images tfds")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR)")
+    parser.add_argument("--event-shape", type=_shape, default=None, help="shape of one image, e.g. 28,28,1 (default: from metadata)")
+    parser.add_argument("--latent-dim", type=int, default=None, help="latent dimension (default: from metadata)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    parser.add_argument("--values", type=int, default=5, help="how many first values to print per output")
+    args = parser.parse_args(argv)
+    if args.batch <= 0 or args.num < 0:
+        parser.error("--batch must be positive and --num non-negative")
+    return args
+
+
+def _metadata(args):
+    from keras_vae import serving
+
+    if args.rest:
+        return serving.rest_metadata(*args.rest, args.model, args.version, args.timeout)
+    return serving.grpc_metadata(f"{args.grpc[0]}:{args.grpc[1]}", args.model, args.version, args.timeout)
+
+
+def make_inputs(args, metadata=None):
+    """The request's inputs for `args.signature` (a dict of NumPy arrays)."""
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    if args.signature == "sample":
+        return {"num": np.int32(args.num)}
+    if args.signature in Z_SIGNATURES:
+        latent_dim = args.latent_dim
+        if latent_dim is None:
+            metadata = metadata if metadata is not None else _metadata(args)
+            latent_dim = metadata[args.signature]["inputs"]["z"]["shape"][-1]
+        return {"z": rng.standard_normal((args.batch, latent_dim)).astype("float32")}
+    event_shape = args.event_shape
+    if args.images == "tfds":
+        from keras_vae import data
+
+        ds = data.load(args.dataset, args.split, batch_size=args.batch, shuffle=False, data_dir=args.data_dir, take=args.batch)
+        x = next(iter(ds)).numpy().astype("float32")
+    else:
+        if event_shape is None:
+            metadata = metadata if metadata is not None else _metadata(args)
+            event_shape = tuple(metadata[args.signature]["inputs"]["x"]["shape"][1:])
+        x = (rng.random((args.batch,) + tuple(event_shape)) < 0.5).astype("float32")
+    return {"x": x}
+
+
+def format_outputs(outputs, values=5):
+    """One line per output: name, shape, dtype and the first values."""
+    import numpy as np
+
+    lines = []
+    for name in sorted(outputs):
+        array = np.asarray(outputs[name])
+        first = np.array2string(array.reshape(-1)[:values], precision=4, separator=", ")
+        lines.append(f"{name}: shape={array.shape} dtype={array.dtype} first values={first}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from keras_vae import serving
+
+    inputs = make_inputs(args)
+    if args.rest:
+        host, port = args.rest
+        where = f"REST {host}:{port}"
+        outputs = serving.rest_predict(host, port, args.model, args.signature, inputs, version=args.version, timeout=args.timeout)
+    else:
+        target = f"{args.grpc[0]}:{args.grpc[1]}"
+        where = f"gRPC {target}"
+        outputs = serving.grpc_predict(target, args.model, args.signature, inputs, version=args.version, timeout=args.timeout)
+    sent = ", ".join(f"{k}{tuple(v.shape)}" for k, v in inputs.items())
+    version = f" version {args.version}" if args.version is not None else ""
+    print(f"{args.model}{version} / {args.signature} via {where}, inputs {sent}:")
+    print(format_outputs(outputs, args.values))
+    return outputs
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # a readable message, not a traceback, for server errors
+        from keras_vae.serving import ServingError
+
+        if isinstance(e, ServingError):
+            sys.exit(f"error: {e}")
+        raise
