@@ -84,6 +84,37 @@ def make_hidden_layers(
     ]
 
 
+def init_mlp(layer, hidden_units, activation, kernel_initializer, gated):
+    """Validates and stores the MLP arguments shared by encoders and decoders
+    on `layer`, and creates its hidden layers (`layer.hidden_layers`)."""
+    layer.gated = bool(gated)
+    layer.hidden_units = check_hidden_units(hidden_units)
+    layer.activation = activation
+    layer.kernel_initializer = kernel_initializer
+    layer.hidden_layers = make_hidden_layers(
+        layer.hidden_units,
+        activation,
+        "hidden",
+        kernel_initializer,
+        layer.gated,
+        dtype=layer.dtype_policy,
+    )
+
+
+def mlp_config(layer):
+    """The `get_config` entries of the arguments `init_mlp` stored."""
+    return {
+        "hidden_units": list(layer.hidden_units),
+        "activation": keras.activations.serialize(
+            keras.activations.get(layer.activation)
+        ),
+        "kernel_initializer": keras.initializers.serialize(
+            keras.initializers.get(layer.kernel_initializer)
+        ),
+        "gated": layer.gated,
+    }
+
+
 def build_stack(layers, input_dim):
     """Builds `layers` in order from `input_dim`; returns the output width.
 

@@ -33,19 +33,8 @@ class _MLPDecoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.gated = bool(gated)
         self.event_shape = _dense_stack.check_event_shape(event_shape)
-        self.hidden_units = _dense_stack.check_hidden_units(hidden_units)
-        self.activation = activation
-        self.kernel_initializer = kernel_initializer
-        self.hidden_layers = _dense_stack.make_hidden_layers(
-            self.hidden_units,
-            activation,
-            "hidden",
-            kernel_initializer,
-            self.gated,
-            dtype=self.dtype_policy,
-        )
+        _dense_stack.init_mlp(self, hidden_units, activation, kernel_initializer, gated)
         self.params_layer = keras.layers.Dense(
             self.params_per_element * math.prod(self.event_shape),
             kernel_initializer=kernel_initializer,
@@ -89,14 +78,7 @@ class _MLPDecoder(keras.layers.Layer):
         config.update(
             {
                 "event_shape": list(self.event_shape),
-                "hidden_units": list(self.hidden_units),
-                "activation": keras.activations.serialize(
-                    keras.activations.get(self.activation)
-                ),
-                "kernel_initializer": keras.initializers.serialize(
-                    keras.initializers.get(self.kernel_initializer)
-                ),
-                "gated": self.gated,
+                **_dense_stack.mlp_config(self),
             }
         )
         return config

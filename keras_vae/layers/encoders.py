@@ -59,20 +59,9 @@ class GaussianEncoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.gated = bool(gated)
         self.latent_dim = _dense_stack.check_positive_int("latent_dim", latent_dim)
-        self.hidden_units = _dense_stack.check_hidden_units(hidden_units)
-        self.activation = activation
         self.min_scale = _dense_stack.check_positive_float("min_scale", min_scale)
-        self.kernel_initializer = kernel_initializer
-        self.hidden_layers = _dense_stack.make_hidden_layers(
-            self.hidden_units,
-            activation,
-            "hidden",
-            kernel_initializer,
-            self.gated,
-            dtype=self.dtype_policy,
-        )
+        _dense_stack.init_mlp(self, hidden_units, activation, kernel_initializer, gated)
         self.params_layer = keras.layers.Dense(
             2 * self.latent_dim,
             kernel_initializer=kernel_initializer,
@@ -128,15 +117,8 @@ class GaussianEncoder(keras.layers.Layer):
         config.update(
             {
                 "latent_dim": self.latent_dim,
-                "hidden_units": list(self.hidden_units),
-                "activation": keras.activations.serialize(
-                    keras.activations.get(self.activation)
-                ),
                 "min_scale": self.min_scale,
-                "kernel_initializer": keras.initializers.serialize(
-                    keras.initializers.get(self.kernel_initializer)
-                ),
-                "gated": self.gated,
+                **_dense_stack.mlp_config(self),
             }
         )
         return config
