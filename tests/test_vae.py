@@ -471,31 +471,6 @@ OPS = ["fit", "evaluate", "elbo"]
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 @pytest.mark.parametrize("op", OPS)
-def test_refused_input_raises_value_error_before_weights_change(
-    trained, op, case, model_state, changed_variables
-):
-    make_bad, message = BAD_INPUTS[case]
-    vae = trained.vae
-    bad = make_bad(trained.x[:32])
-    before = model_state(vae)
-    with pytest.raises(ValueError, match=message):
-        _run(op, vae, bad)
-    changed = changed_variables(before, model_state(vae))
-    # Weights, beta and the optimizer's moments: never touched by a refused batch.
-    # (The iteration counter and seed state: see the next test.)
-    ignored = ("iteration", "seed_generator_state")
-    assert [n for n in changed if not n.endswith(ignored)] == []
-
-
-def _full_state_params():
-    params = []
-    for op in OPS:
-        for case in BAD_INPUTS:
-            params.append(pytest.param(op, case, id=f"{op}-{case}"))
-    return params
-
-
-@pytest.mark.parametrize("op, case", _full_state_params())
 def test_refused_input_leaves_every_variable_unchanged(
     trained, op, case, model_state, changed_variables
 ):

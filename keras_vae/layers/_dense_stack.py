@@ -60,20 +60,11 @@ def make_hidden_layers(
 ):
     """The hidden layers of an MLP (Dense, or GatedDense), created in `__init__`."""
     if gated:
-        from keras_vae.layers.gated_dense import GatedDense
-
-        return [
-            GatedDense(
-                units,
-                activation=activation,
-                kernel_initializer=kernel_initializer,
-                name=f"{name_prefix}_{i}",
-                dtype=dtype,
-            )
-            for i, units in enumerate(hidden_units)
-        ]
+        from keras_vae.layers.gated_dense import GatedDense as layer_class
+    else:
+        layer_class = keras.layers.Dense
     return [
-        keras.layers.Dense(
+        layer_class(
             units,
             activation=activation,
             kernel_initializer=kernel_initializer,
