@@ -10,6 +10,7 @@ Example:
 
 from keras_vae import kl
 from keras_vae import layers
+from keras_vae import saving
 from keras_vae.kl import gaussian_kl
 from keras_vae.kl import kl_divergence
 from keras_vae.layers import BernoulliDecoder
@@ -30,4 +31,5 @@ __all__ = [
     "kl",
     "kl_divergence",
     "layers",
+    "saving",
 ]

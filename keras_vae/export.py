@@ -268,28 +268,27 @@ def load_model_or_run(path):
 
     A run directory (written by `tools/train.py`) gives its `best.keras`, or,
     when there is none yet, a model rebuilt from `config.json` with the
-    weights of the last backup (`backup/latest.weights.h5`).
+    weights of its newest training backup.
     """
+    from keras_vae import saving
     from keras_vae import training
+    from keras_vae.callbacks import TrainingBackup
 
     if os.path.isfile(path):
-        if not path.endswith(".keras"):
-            raise ValueError(f"Expected a .keras file or a run directory. Received: {path}")
-        return keras.models.load_model(path)
+        return saving.load_model(path)
     if not os.path.isdir(path):
         raise ValueError(f"Expected a .keras file or a run directory. Received: {path} (not found)")
     files = training.paths(path)
     if os.path.exists(files["best"]):
-        return keras.models.load_model(files["best"])
-    weights = os.path.join(files["backup"], "latest.weights.h5")
-    if os.path.exists(files["config"]) and os.path.exists(weights):
+        return saving.load_model(files["best"])
+    backup = TrainingBackup(files["backup"])
+    if os.path.exists(files["config"]) and backup.latest() is not None:
         config = training.TrainConfig.from_json_file(files["config"])
         model = training.build_vae(config)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(weights)
+        backup.restore(model)
         return model
     raise ValueError(
         f"Expected a run directory holding best.keras, or config.json and "
-        f"backup/latest.weights.h5. Received: {path} with {sorted(os.listdir(path))}"
+        f"a training backup. Received: {path} with {sorted(os.listdir(path))}"
     )

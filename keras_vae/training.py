@@ -15,6 +15,7 @@ import os
 import keras
 
 from keras_vae import data as data_lib
+from keras_vae import saving
 from keras_vae.callbacks import KLWarmup
 from keras_vae.layers import BernoulliDecoder
 from keras_vae.layers import GaussianEncoder
@@ -45,6 +46,7 @@ class TrainConfig:
     validation_split: str = "validation"
     take: int = None
     steps_per_execution: int = 1
+    backup_every: int = 0
     verbose: int = 1
 
     def __post_init__(self):
@@ -132,34 +134,58 @@ def paths(output_dir):
     }
 
 
-def train(config, fresh=False):
+class DataError(ValueError):
+    """A training batch was refused (NaN, values outside the likelihood's range)."""
+
+
+def train(config, fresh=False, strategy=None):
     """Trains a VAE as `config` says; continues the run in `output_dir` if any.
 
-    The per-epoch backup in `output_dir/backup` is kept after training ends,
-    so running again with more epochs continues an interrupted or a finished
-    run from its last epoch (optimizer state, epoch counter, beta schedule).
-    `fresh=True` deletes the run's backup, history and best model first.
+    Fault tolerance: a `TrainingBackup` in `output_dir/backup` is written at
+    the end of every epoch and every `config.backup_every` steps (atomically;
+    the previous backup survives a crash while writing). Running again with
+    the same config after a crash (even `kill -9`) restores the newest backup
+    (weights, optimizer state, step, beta, random seed state) and continues
+    from its exact step: the data stream is the same one, skipped to that
+    step. The backup is kept after training ends, so running again with more
+    epochs continues a finished run. `fresh=True` deletes the run's backup,
+    history and best model first.
+
+    Errors: a NaN or infinite loss raises
+    `keras_vae.callbacks.NonFiniteLossError` naming the step and the last good
+    backup (never overwritten by the broken state); a refused batch (NaN
+    pixels, values outside [0, 1]) raises `DataError` naming its epoch and
+    batch, before any update on it.
+
+    Args:
+        config: A `TrainConfig`.
+        fresh: Start over instead of resuming.
+        strategy: Optional `tf.distribute.Strategy` to build and train the
+            model under (see `keras_vae.distribute`); by default the current
+            one. Only its chief writes files.
 
     Returns:
         `(model, history)`: the model with the best validation ELBO (the last
         one when there is no validation split) and a dict of per-epoch lists
         read from `history.csv` (complete across resumed runs).
     """
+    import tensorflow as tf
+
+    from keras_vae.callbacks import StopOnNonFiniteLoss
+    from keras_vae.callbacks import TrainingBackup
+    from keras_vae.distribute import is_chief
+
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
     files = paths(config.output_dir)
-    if fresh:
+    if fresh and chief:
         import shutil
 
         shutil.rmtree(files["backup"], ignore_errors=True)
         for key in ("history", "best", "last"):
             if os.path.exists(files[key]):
                 os.remove(files[key])
-    os.makedirs(config.output_dir, exist_ok=True)
-    resuming = os.path.isdir(files["backup"])
-    if not resuming and os.path.exists(files["history"]):
-        os.remove(files["history"])  # a new run, not the continuation of one
-    with open(files["config"], "w") as f:
-        f.write(config.to_json())
 
     train_ds = data_lib.load(
         config.dataset,
@@ -185,47 +211,103 @@ def train(config, fresh=False):
             f"[{config.train_split}] with take={config.take}"
         )
 
-    model = build_vae(config)
-    model.compile(
-        optimizer=_optimizer(config, steps_per_epoch),
-        steps_per_execution=config.steps_per_execution,
+    backup = TrainingBackup(
+        files["backup"],
+        save_freq=config.backup_every or "epoch",
+        steps_per_epoch=steps_per_epoch,
     )
+    with strategy.scope():
+        model = build_vae(config)
+        model.compile(
+            optimizer=_optimizer(config, steps_per_epoch),
+            steps_per_execution=config.steps_per_execution,
+        )
+        state = None if fresh and chief else backup.restore(model)
+    step = state["step"] if state else 0
+    if chief:
+        os.makedirs(config.output_dir, exist_ok=True)
+        if state is None and os.path.exists(files["history"]):
+            os.remove(files["history"])  # a new run, not the continuation of one
+        with open(files["config"], "w") as f:
+            f.write(config.to_json())
+    if state is not None and config.verbose:
+        print(
+            f"Resuming from the backup of step {step} (epoch {state['epoch']}, "
+            f"batch {state['batch']}) in {files['backup']}"
+        )
+
+    # Non-chief workers of a multi-worker job write their copies of the
+    # checkpoints and logs to a scratch directory that is deleted after.
+    side = files
+    if not chief:
+        import tempfile
+
+        side = paths(tempfile.mkdtemp(prefix="keras_vae-worker-"))
     monitor = "val_elbo" if val_ds is not None else "elbo"
     best_checkpoint = keras.callbacks.ModelCheckpoint(
-        files["best"], monitor=monitor, mode="max", save_best_only=True
+        side["best"], monitor=monitor, mode="max", save_best_only=True
     )
-    previous = read_history(files["history"]).get(monitor) if resuming else None
+    previous = read_history(files["history"]).get(monitor) if state else None
     if previous:
         best_checkpoint.best = max(previous)  # do not overwrite a better model
     callbacks = [
         KLWarmup(config.warmup_epochs, end=config.beta),
-        keras.callbacks.BackupAndRestore(
-            files["backup"], save_freq="epoch", delete_checkpoint=False
-        ),
+        StopOnNonFiniteLoss(backup, steps_per_epoch=steps_per_epoch),
+        backup,
         best_checkpoint,
-        keras.callbacks.CSVLogger(files["history"], append=True),
-        keras.callbacks.TensorBoard(files["tensorboard"]),
-        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(side["history"], append=True),
+        keras.callbacks.TensorBoard(side["tensorboard"]),
     ]
+    early_stopping = None
     if config.patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=monitor,
-                mode="max",
-                patience=config.patience,
-                start_from_epoch=config.warmup_epochs,
-            )
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor=monitor,
+            mode="max",
+            patience=config.patience,
+            start_from_epoch=config.warmup_epochs,
         )
-    model.fit(
-        train_ds,
-        epochs=config.epochs,
-        validation_data=val_ds,
-        callbacks=callbacks,
-        verbose=config.verbose,
-        shuffle=False,  # the dataset shuffles itself
-    )
+        callbacks.append(early_stopping)
+
+    def fit(first_step, initial_epoch, epochs, steps):
+        # One endless stream, the same whatever the interruptions: epoch e
+        # is its batches [e * steps_per_epoch, (e + 1) * steps_per_epoch).
+        stream = train_ds.repeat().skip(first_step)
+        try:
+            model.fit(
+                stream,
+                initial_epoch=initial_epoch,
+                epochs=epochs,
+                steps_per_epoch=steps,
+                validation_data=val_ds,
+                callbacks=callbacks,
+                verbose=config.verbose,
+                shuffle=False,  # the dataset shuffles itself
+            )
+        except ValueError as e:
+            if "at training step" not in str(e):
+                raise
+            bad = int(model.optimizer.iterations.numpy())
+            epoch, batch = divmod(bad, steps_per_epoch)
+            raise DataError(
+                f"Bad training data in {config.dataset}[{config.train_split}], "
+                f"epoch {epoch}, batch {batch} (of {steps_per_epoch} per epoch): {e}"
+            ) from None
+
+    epoch, batch = divmod(step, steps_per_epoch)
+    if batch and epoch < config.epochs:
+        # Finish the interrupted epoch first, from the step it stopped at.
+        fit(step, epoch, epoch + 1, steps_per_epoch - batch)
+        epoch += 1
+    stopped = early_stopping is not None and early_stopping.stopped_epoch > 0
+    if epoch < config.epochs and not stopped:
+        fit(epoch * steps_per_epoch, epoch, config.epochs, steps_per_epoch)
+    if not chief:
+        import shutil
+
+        shutil.rmtree(os.path.dirname(side["best"]), ignore_errors=True)
+        return model, read_history(files["history"])
     model.save(files["last"])
-    best = keras.models.load_model(files["best"]) if os.path.exists(files["best"]) else model
+    best = saving.load_model(files["best"]) if os.path.exists(files["best"]) else model
     return best, read_history(files["history"])
 
 

@@ -5,8 +5,11 @@ Example (the README's main job):
 
     python tools/train.py --data-dir ../shared/tensorflow_datasets --epochs 10
 
-Run again with the same --output-dir to continue from the last completed epoch
-(after an interruption, or with a larger --epochs); --fresh starts over.
+Run the same command again to continue from the newest backup (after a crash,
+even kill -9, or with a larger --epochs): backups are written at every epoch end
+and every --backup-every steps; --fresh starts over. Exit status 1 with a message
+when the loss becomes NaN/inf (naming the step and the last good backup) or a
+batch is refused (NaN pixels, values outside [0, 1]; naming epoch and batch).
 """
 
 import argparse
@@ -46,6 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval-split", action="append", default=None, help="splits to evaluate (default: validation, and test where it exists)")
     parser.add_argument("--take", type=int, default=None, help="use only the first N examples of each split (quick runs)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--backup-every", type=int, default=0, help="also back up the training state every N steps, not only at epoch ends (0: epoch ends only)")
+    parser.add_argument("--deterministic", action="store_true", help="tf.config.experimental.enable_op_determinism(): the same seed gives bit-identical weights (slower)")
     parser.add_argument("--fresh", action="store_true", help="delete the run's backup, history and best model and start over")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
@@ -57,6 +62,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     from keras_vae import data, evaluation, training
 
     config = training.TrainConfig(
@@ -76,6 +85,7 @@ def main(argv=None):
         output_dir=args.output_dir,
         take=args.take,
         steps_per_execution=args.steps_per_execution,
+        backup_every=args.backup_every,
         verbose=args.verbose,
     )
     files = training.paths(args.output_dir)

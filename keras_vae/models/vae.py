@@ -3,6 +3,7 @@
 import functools
 import math
 import numbers
+import re
 
 import keras
 import numpy as np
@@ -15,6 +16,13 @@ from keras_vae.layers.priors import StandardNormalPrior
 # step functions re-raise TensorFlow's InvalidArgumentError carrying it as the
 # ValueError it stands for.
 INPUT_ERROR_TAG = "keras_vae input error: "
+_ARRAY = re.compile(r"^[-+.\deinaf ]+$")
+
+
+def _package_version():
+    from keras_vae import __version__
+
+    return __version__
 
 
 def stateless_seed(seed_generator):
@@ -45,8 +53,10 @@ def _reraise_input_errors(function):
             # "assertion failed: [<tag><text>] [v1] [v2]\n\t [[node ...]] ...":
             # keep "<text> [v1] [v2]".
             message = message[message.index(INPUT_ERROR_TAG) + len(INPUT_ERROR_TAG):]
-            message = message.split("\n")[0].replace("] [", " [", 1)
-            raise ValueError(message.strip()) from None
+            parts = message.split("\n")[0].rstrip().rstrip("]").split("] [")
+            # Texts as they are, arrays (several numbers) in brackets.
+            parts = [f"[{p}]" if _ARRAY.match(p) and " " in p else p for p in parts]
+            raise ValueError(" ".join(parts).strip()) from None
 
     wrapper._keras_vae_wrapped = True
     return wrapper
@@ -199,13 +209,14 @@ class VAE(keras.Model):
             x = x["image"]
         return x
 
-    def _prepare(self, x):
+    def _prepare(self, x, step=None):
         """Validates x and casts it to the compute dtype.
 
         Shape and dtype are checked in Python (at trace time inside `fit`).
         Values are checked (finite; inside `decoder.data_range` if it has one)
         eagerly when running eagerly, otherwise by assertions that everything
-        downstream depends on, so no update runs on refused data.
+        downstream depends on, so no update runs on refused data. `step` (the
+        optimizer's iteration count, in `train_step`) is named in the error.
         """
         x = self._unpack(x)
         if not tf.is_tensor(x):
@@ -254,9 +265,9 @@ class VAE(keras.Model):
                 x = tf.reshape(x, (-1,) + tuple(expected))
             else:
                 x = tf.ensure_shape(x, (None,) + tuple(expected))
-        return self._check_values(x)
+        return self._check_values(x, step)
 
-    def _check_values(self, x):
+    def _check_values(self, x, step=None):
         data_range = getattr(self.decoder, "data_range", None)
         if data_range is None:
             ok = tf.reduce_all(tf.math.is_finite(x))
@@ -277,15 +288,18 @@ class VAE(keras.Model):
                     f"{', and NaN' if bool(tf.reduce_any(tf.math.is_nan(x))) else ''}"
                 )
             return x
+        where = [] if step is None else ["at training step", step]
         check = tf.debugging.Assert(
             ok,
-            [
-                f"{INPUT_ERROR_TAG}Expected {expectation}. Received a batch with "
-                "min, max, any NaN =",
+            [f"{INPUT_ERROR_TAG}Expected {expectation}. Received"]
+            + where
+            + [
+                "a batch with min, max, any NaN =",
                 tf.reduce_min(x),
                 tf.reduce_max(x),
                 tf.reduce_any(tf.math.is_nan(x)),
-            ],
+            ]
+            + (["(refused: no update was made)"] if where else []),
         )
         with tf.control_dependencies([check]):
             return tf.identity(x)
@@ -398,7 +412,7 @@ class VAE(keras.Model):
         ]
 
     def train_step(self, data):
-        x = self._prepare(data)
+        x = self._prepare(data, step=self.optimizer.iterations)
         # Every state change of the step (seed generator, optimizer iterations,
         # weights, metrics) must wait for the input checks carried by `x`.
         with tf.control_dependencies([x] + self._check_beta()):
@@ -460,11 +474,15 @@ class VAE(keras.Model):
             "prior": keras.saving.serialize_keras_object(self.prior),
             "beta": self.initial_beta,
             "seed": self.seed,
+            "keras_vae_version": _package_version(),
         }
 
     @classmethod
     def from_config(cls, config):
+        from keras_vae.saving import check_version
+
         config = dict(config)
+        check_version(config.pop("keras_vae_version", None), what="This VAE config")
         for key in ("encoder", "decoder", "prior"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         if isinstance(config.get("dtype"), dict):
