@@ -204,6 +204,12 @@ class TrainingBackup(keras.callbacks.Callback):
         state = self.latest()
         if state is None:
             return None
+        if not model.built:
+            raise ValueError(
+                "Expected a built model to restore a training backup into (build "
+                "it first, e.g. VAE(..., input_shape=(None, 28, 28, 1))). "
+                f"Received: an unbuilt {type(model).__name__}"
+            )
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         try:

@@ -80,6 +80,7 @@ def load(
     take=None,
     drop_remainder=False,
     download=True,
+    start_step=None,
 ):
     """A batched dataset of binary uint8 images from TFDS.
 
@@ -97,6 +98,12 @@ def load(
         take: Optional number of examples to keep (for quick runs).
         drop_remainder: Drop the last partial batch.
         download: Let TFDS download and prepare missing data.
+        start_step: If given, an endless stream of batches instead of one
+            epoch, starting at batch `start_step` of it. Epoch e of the stream
+            (its batches `e * batches_per_epoch` on) is shuffled and binarized
+            with seeds derived from `(seed, e)` only, so a stream started
+            again at step s yields exactly what the first one yielded from s
+            on: training resumed after a crash sees the same data.
 
     Returns:
         A `tf.data.Dataset` of uint8 image batches `[batch, 28, 28, 1]`, or of
@@ -155,24 +162,64 @@ def load(
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(
-            min(num_examples(name, base_split, data_dir), 60000),
-            seed=seed,
-            reshuffle_each_iteration=True,
-        )
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if fresh_draws:
-        # A fresh draw for every batch of every epoch.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda pair, r: (
-                _binarize(pair[0], "dynamic", tf.stack([r, tf.constant(0, tf.int64)])),
-                pair[1],
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+    if start_step is not None:
+        ds = _stream(ds, batch_size, shuffle, seed, fresh_draws, drop_remainder, start_step)
+    else:
+        ds = ds.cache()
+        if shuffle:
+            ds = ds.shuffle(
+                min(num_examples(name, base_split, data_dir), 60000),
+                seed=seed,
+                reshuffle_each_iteration=True,
+            )
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        if fresh_draws:
+            # A fresh draw for every batch of every epoch.
+            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            ds = tf.data.Dataset.zip((ds, seeds)).map(
+                lambda pair, r: (
+                    _binarize(pair[0], "dynamic", tf.stack([r, tf.constant(0, tf.int64)])),
+                    pair[1],
+                ),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
     if not with_labels:
         ds = ds.map(lambda images, labels: images)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _stream(examples, batch_size, shuffle, seed, fresh_draws, drop_remainder, start_step):
+    """Endless batches from `start_step` on; epoch e depends on (seed, e) only.
+
+    The examples are held in memory (as `cache()` would hold them) and each
+    epoch's order is a stateless permutation seeded by `(seed, e)`, so the
+    stream does not depend on how many iterators came before it.
+    """
+    images, labels = examples.batch(2**31 - 1).get_single_element()
+    count = int(images.shape[0])
+    per_epoch = count // batch_size if drop_remainder else -(-count // batch_size)
+    if per_epoch <= 0:
+        raise ValueError(
+            f"Expected at least one batch per epoch. Received: {count} examples "
+            f"with batch_size={batch_size} and drop_remainder={drop_remainder}"
+        )
+    seed = tf.constant(seed, tf.int64)
+
+    def epoch_batches(epoch):
+        order = tf.range(count, dtype=tf.int64)
+        if shuffle:
+            order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([seed, epoch]))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(
+            batch_size, drop_remainder=drop_remainder
+        )
+
+        def gather(index, batch):
+            x = tf.gather(images, batch)
+            if fresh_draws:
+                x = _binarize(x, "dynamic", tf.stack([seed * 1_000_003 + epoch, index]))
+            return x, tf.gather(labels, batch)
+
+        return batches.enumerate().map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+
+    first_epoch, skip = divmod(int(start_step), per_epoch)
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_batches).skip(skip)

@@ -271,7 +271,15 @@ def train(config, fresh=False, strategy=None):
     def fit(first_step, initial_epoch, epochs, steps):
         # One endless stream, the same whatever the interruptions: epoch e
         # is its batches [e * steps_per_epoch, (e + 1) * steps_per_epoch).
-        stream = train_ds.repeat().skip(first_step)
+        stream = data_lib.load(
+            config.dataset,
+            config.train_split,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            data_dir=config.data_dir,
+            take=config.take,
+            start_step=first_step,
+        )
         try:
             model.fit(
                 stream,
