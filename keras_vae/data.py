@@ -195,14 +195,16 @@ def _stream(examples, batch_size, shuffle, seed, fresh_draws, drop_remainder, st
     epoch's order is a stateless permutation seeded by `(seed, e)`, so the
     stream does not depend on how many iterators came before it.
     """
-    images, labels = examples.batch(2**31 - 1).get_single_element()
-    count = int(images.shape[0])
+    count = int(examples.cardinality())
+    if count < 0:  # unknown: count them
+        count = int(examples.reduce(0, lambda n, _: n + 1))
     per_epoch = count // batch_size if drop_remainder else -(-count // batch_size)
     if per_epoch <= 0:
         raise ValueError(
             f"Expected at least one batch per epoch. Received: {count} examples "
             f"with batch_size={batch_size} and drop_remainder={drop_remainder}"
         )
+    images, labels = examples.batch(count).get_single_element()
     seed = tf.constant(seed, tf.int64)
 
     def epoch_batches(epoch):

@@ -232,3 +232,44 @@ def test_resolve_data_dir_is_none_without_argument_or_environment(monkeypatch):
     assert data.resolve_data_dir() is None
     assert data.resolve_data_dir("") is None  # an empty --data-dir means "unset"
     assert data.resolve_data_dir("some/dir") == "some/dir"
+
+
+# ------------------------------------------------------------ resumable stream
+
+
+def _stream_batches(name, start_step, count, **kwargs):
+    ds = data.load(name, "train", batch_size=8, seed=3, start_step=start_step, **kwargs)
+    return [np.asarray(b) for b in ds.take(count)]
+
+
+@pytest.mark.parametrize("name", ["binarized_mnist", "mnist"])
+def test_a_stream_started_at_step_s_is_the_stream_from_0_after_s_batches(mock_tfds, name):
+    # 20 examples in batches of 8: 3 batches per epoch (8, 8, 4).
+    with mock_tfds(num_examples=NUM_EXAMPLES):
+        whole = _stream_batches(name, 0, 9)
+        for start in (1, 3, 4, 7):
+            resumed = _stream_batches(name, start, 9 - start)
+            for a, b in zip(whole[start:], resumed):
+                np.testing.assert_array_equal(a, b)
+    assert [b.shape[0] for b in whole] == [8, 8, 4] * 3
+    epochs = [np.concatenate(whole[i : i + 3]) for i in (0, 3, 6)]
+    # Every epoch is one pass over the data, in a new order.
+    raw = np.sort(epochs[0].reshape(NUM_EXAMPLES, -1).sum(axis=1))
+    for epoch in epochs[1:]:
+        if name == "binarized_mnist":
+            np.testing.assert_array_equal(np.sort(epoch.reshape(NUM_EXAMPLES, -1).sum(axis=1)), raw)
+        assert not np.array_equal(epoch, epochs[0])
+
+
+def test_a_stream_without_shuffle_keeps_the_file_order(mock_tfds):
+    with mock_tfds(num_examples=NUM_EXAMPLES, max_value=2):
+        stream = _stream_batches("binarized_mnist", 0, 3, shuffle=False)
+        plain = list(data.load("binarized_mnist", "train", batch_size=8, shuffle=False))
+    for a, b in zip(stream, plain):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_a_stream_of_an_empty_split_is_refused(mock_tfds):
+    with mock_tfds(num_examples=NUM_EXAMPLES):
+        with pytest.raises(ValueError, match="Expected at least one batch per epoch. Received: 0 examples"):
+            data.load("binarized_mnist", "train", take=0, start_step=0)
