@@ -171,11 +171,13 @@ def train(config, fresh=False, strategy=None):
     """
     import tensorflow as tf
 
+    from keras_vae import distribute
     from keras_vae.callbacks import StopOnNonFiniteLoss
     from keras_vae.callbacks import TrainingBackup
     from keras_vae.distribute import is_chief
 
     strategy = strategy or tf.distribute.get_strategy()
+    distribute.check_steps_per_execution(strategy, config.steps_per_execution)
     chief = is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
     files = paths(config.output_dir)
@@ -204,6 +206,8 @@ def train(config, fresh=False, strategy=None):
             data_dir=config.data_dir,
             take=config.take,
         )
+    if val_ds is not None:
+        val_ds = distribute.prepare_dataset(val_ds)
     steps_per_epoch = int(train_ds.cardinality())
     if steps_per_epoch == 0:
         raise ValueError(
@@ -222,7 +226,11 @@ def train(config, fresh=False, strategy=None):
             optimizer=_optimizer(config, steps_per_epoch),
             steps_per_execution=config.steps_per_execution,
         )
-        state = None if fresh and chief else backup.restore(model)
+        restore = not (fresh and chief)
+        # Every worker must find the same backup, before any of them restores.
+        latest = backup.latest() if restore else None
+        distribute.check_workers_agree(strategy, latest["step"] if latest else 0, files["backup"])
+        state = backup.restore(model) if restore else None
     step = state["step"] if state else 0
     if chief:
         os.makedirs(config.output_dir, exist_ok=True)
@@ -280,6 +288,9 @@ def train(config, fresh=False, strategy=None):
             take=config.take,
             start_step=first_step,
         )
+        # The batch size is the global one: under a strategy each batch is
+        # split between the replicas of all workers.
+        stream = distribute.prepare_dataset(stream)
         try:
             model.fit(
                 stream,

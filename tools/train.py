@@ -10,6 +10,17 @@ even kill -9, or with a larger --epochs): backups are written at every epoch end
 and every --backup-every steps; --fresh starts over. Exit status 1 with a message
 when the loss becomes NaN/inf (naming the step and the last good backup) or a
 batch is refused (NaN pixels, values outside [0, 1]; naming epoch and batch).
+
+Several devices or machines (--batch-size is the global batch, split between
+the replicas; see the README, "Training on several devices and machines"):
+
+    python tools/train.py --strategy mirrored ...                    # all GPUs
+    python tools/train.py --strategy mirrored --cpu-replicas 2 ...   # CPU only
+    TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                "task": {"type": "worker", "index": 0}}' \
+        python tools/train.py --strategy multiworker ...  # index 1 on host2
+
+Only the chief (worker 0) writes files, evaluates, plots and exports.
 """
 
 import argparse
@@ -23,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def parse_args(argv=None):
-    from keras_vae import data, training
+    from keras_vae import data, distribute, training
 
     defaults = training.TrainConfig()
     parser = argparse.ArgumentParser(
@@ -50,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--take", type=int, default=None, help="use only the first N examples of each split (quick runs)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--backup-every", type=int, default=0, help="also back up the training state every N steps, not only at epoch ends (0: epoch ends only)")
+    parser.add_argument("--strategy", default="default", choices=distribute.STRATEGIES, help="default: one device; mirrored: all GPUs of this machine (or --cpu-replicas CPU devices); multiworker: several machines or processes as TF_CONFIG says (default: default)")
+    parser.add_argument("--cpu-replicas", type=int, default=None, help="with --strategy mirrored on a machine without GPUs: split the CPU into N logical devices")
     parser.add_argument("--deterministic", action="store_true", help="tf.config.experimental.enable_op_determinism(): the same seed gives bit-identical weights (slower)")
     parser.add_argument("--fresh", action="store_true", help="delete the run's backup, history and best model and start over")
     parser.add_argument("--no-plots", action="store_true")
@@ -62,11 +75,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from keras_vae import data, distribute, evaluation, training
+
+    # Before any other TensorFlow work: devices and collectives are set up here.
+    strategy = distribute.make_strategy(args.strategy, cpu_replicas=args.cpu_replicas)
     if args.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    from keras_vae import data, evaluation, training
 
     config = training.TrainConfig(
         dataset=args.dataset,
@@ -90,11 +106,13 @@ def main(argv=None):
     )
     files = training.paths(args.output_dir)
     start = time.time()
-    model, history = training.train(config, fresh=args.fresh)
+    model, history = training.train(config, fresh=args.fresh, strategy=strategy)
     train_seconds = time.time() - start
-    print(f"Trained in {train_seconds:.0f} s; best model: {files['best']}")
-
     report = {"train_seconds": round(train_seconds, 1), "epochs_run": len(history.get("epoch", [])), "splits": {}}
+    if not distribute.is_chief(strategy):
+        print(f"Trained in {train_seconds:.0f} s; this worker is not the chief: the chief writes the files, evaluates, plots and exports")
+        return report
+    print(f"Trained in {train_seconds:.0f} s; best model: {files['best']}")
     if args.eval_samples:
         splits = args.eval_split or [
             s for s in ("validation", "test") if s in data.available_splits(args.dataset, args.data_dir)

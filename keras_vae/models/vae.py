@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae import distribute
 from keras_vae import kl as kl_lib
 from keras_vae.layers.priors import StandardNormalPrior
 
@@ -26,17 +27,54 @@ def _package_version():
 
 
 def stateless_seed(seed_generator):
-    """Draws a `[2]` int32 stateless seed for TFP samplers from a SeedGenerator."""
+    """Draws a `[2]` int32 stateless seed for TFP samplers from a SeedGenerator.
+
+    Under a strategy with several replicas, every replica holds the same
+    generator state: the replica id is folded into the seed so that replicas
+    draw independent noise (with one replica the seed is unchanged).
+    """
     seed = seed_generator.next()
-    return tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+        seed = tf.random.experimental.stateless_fold_in(seed, replica)
+    return seed
 
 
-def _scale_loss_for_distribution(loss):
-    """Divides by the replica count so that summed gradients give the global mean."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if replicas > 1:
-        loss = loss / tf.cast(replicas, loss.dtype)
-    return loss
+def _scale_loss_for_distribution(loss, batch_size):
+    """Weights a replica's mean loss by its share of the global batch.
+
+    The optimizer sums the replicas' gradients, so each replica's loss (a
+    mean over its `batch_size` examples) is multiplied by
+    `batch_size / global_batch_size`: the sum is the gradient of the mean
+    over the global batch, as on one device. That is `loss / num_replicas`
+    when the batch splits evenly, and stays exact when it does not (a last
+    partial batch); a replica that received no example (a NaN mean)
+    contributes 0. With one replica the loss is returned unchanged.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return loss
+    count = tf.cast(batch_size, loss.dtype)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    loss = tf.where(count > 0, loss, tf.zeros_like(loss))
+    return loss * tf.math.divide_no_nan(count, total)
+
+
+def _reducible_logs(logs):
+    """Gives scalar logs an axis when Keras will reduce them across workers.
+
+    Keras 3.15's `fit` / `evaluate` under a multi-worker
+    `MultiWorkerMirroredStrategy` reduce each value a step returns with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails for scalars
+    ("Invalid reduction dimension 0 for input with 0 dimensions";
+    tensorflow/tensorflow#72388). A `[1]` value reduces to the scalar mean
+    over the replicas, as on one machine.
+    """
+    if distribute.in_multi_worker_mode():  # the test Keras makes
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+    return logs
 
 
 def _reraise_input_errors(function):
@@ -391,11 +429,14 @@ class VAE(keras.Model):
 
     def _update_metrics(self, loss, terms):
         batch_size = tf.shape(terms["elbo"])[0]
+        # A replica can receive an empty part of a last partial batch: its
+        # mean loss is NaN, with weight 0, and must not poison the metric.
+        loss = tf.where(batch_size > 0, loss, tf.zeros_like(loss))
         self.loss_tracker.update_state(loss, sample_weight=batch_size)
         self.reconstruction_tracker.update_state(terms["reconstruction"])
         self.kl_tracker.update_state(terms["kl"])
         self.elbo_tracker.update_state(terms["elbo"])
-        return {m.name: m.result() for m in self.metrics}
+        return _reducible_logs({m.name: m.result() for m in self.metrics})
 
     def _check_beta(self):
         if tf.executing_eagerly():
@@ -420,7 +461,7 @@ class VAE(keras.Model):
                 terms = self.elbo_terms(x, training=True, prepared=True)
                 loss = self._loss(terms)
                 scaled_loss = self.optimizer.scale_loss(
-                    _scale_loss_for_distribution(loss)
+                    _scale_loss_for_distribution(loss, tf.shape(terms["elbo"])[0])
                 )
             gradients = tape.gradient(scaled_loss, self.trainable_weights)
             self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
@@ -440,6 +481,23 @@ class VAE(keras.Model):
             self.kl_tracker,
             self.elbo_tracker,
         ]
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 (TF backend) under a distribution strategy averages a
+        # whole input batch across the replicas at the start of `fit` /
+        # `evaluate`, only to build an unbuilt model from its shapes. That
+        # fails for a batch split unevenly between replicas (a last partial
+        # batch, a validation set smaller than the batch: "Inputs to
+        # operation AddN must have the same size and shape") and, across
+        # workers, for uint8 images (collectives take no uint8). A built
+        # VAE needs nothing from the data: build only the optimizer.
+        distributed = getattr(self, "_distribute_strategy", None) is not None
+        if distributed and all(layer.built for layer in self._flatten_layers()):
+            if self.optimizer is not None and not self.optimizer.built:
+                with self.distribute_strategy.scope():
+                    self.optimizer.build(self.trainable_variables)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
