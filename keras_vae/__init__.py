@@ -10,6 +10,7 @@ Example:
 
 from keras_vae import kl
 from keras_vae import layers
+from keras_vae import optimizers
 from keras_vae import saving
 from keras_vae.kl import gaussian_kl
 from keras_vae.kl import kl_divergence
@@ -31,5 +32,6 @@ __all__ = [
     "kl",
     "kl_divergence",
     "layers",
+    "optimizers",
     "saving",
 ]

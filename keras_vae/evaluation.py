@@ -12,6 +12,7 @@
 """
 
 import math
+import weakref
 
 import keras
 import numpy as np
@@ -46,12 +47,29 @@ def _chunk_size(batch, event_size, num_samples, max_elements):
     return int(max(1, min(num_samples, max_elements // max(1, batch * event_size))))
 
 
+_SAMPLERS = weakref.WeakKeyDictionary()
+
+
+def _sampler(model):
+    """The model's `_ImportanceSampler`, made once: its traced chunk function
+    is reused by every call instead of being traced again."""
+    sampler = _SAMPLERS.get(model)
+    if sampler is None:
+        sampler = _SAMPLERS[model] = _ImportanceSampler(model)
+    return sampler
+
+
 class _ImportanceSampler:
     """Compiled per-chunk work of the IWAE estimate, shared by all batches."""
 
     def __init__(self, model):
-        self.model = model
+        # A weak reference: the cache in `_SAMPLERS` must not keep models alive.
+        self._model = weakref.ref(model)
         self._chunk = tf.function(self._chunk_fn, reduce_retracing=True)
+
+    @property
+    def model(self):
+        return self._model()
 
     def _chunk_fn(self, x, num_samples, seed):
         q = self.model.encoder(x, training=False)
@@ -113,7 +131,7 @@ def importance_sampled_log_likelihood(
     >>> log_px = importance_sampled_log_likelihood(vae, x, num_samples=100)  # doctest: +SKIP
     """
     x = model._prepare(x)
-    return _ImportanceSampler(model)(x, num_samples, seed, max_elements)[0]
+    return _sampler(model)(x, num_samples, seed, max_elements)[0]
 
 
 def active_units(posterior_means, threshold=0.01):
@@ -173,7 +191,7 @@ def evaluate(
         posterior sample per example), `num_examples`, `num_samples`. With
         `return_per_example`, also a dict of arrays under `per_example`.
     """
-    sampler = _ImportanceSampler(model)
+    sampler = _sampler(model)
     per = {"log_likelihood": [], "reconstruction": [], "kl": []}
     means, codes = [], []
     progbar = None

@@ -20,6 +20,7 @@ from keras_vae.callbacks import KLWarmup
 from keras_vae.layers import BernoulliDecoder
 from keras_vae.layers import GaussianEncoder
 from keras_vae.models.vae import VAE
+from keras_vae.optimizers import FusedAdam
 
 ARCHITECTURES = ("mlp", "gated")
 
@@ -117,7 +118,7 @@ def _optimizer(config, steps_per_epoch):
             decay_rate=0.5,
             staircase=True,
         )
-    return keras.optimizers.Adam(learning_rate)
+    return FusedAdam(learning_rate)
 
 
 def paths(output_dir):

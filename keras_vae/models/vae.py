@@ -420,6 +420,28 @@ class VAE(keras.Model):
 
     # ------------------------------------------------------------- training
 
+    def compile(self, optimizer=None, **kwargs):
+        """`keras.Model.compile`; the optimizer defaults to Adam(1e-3).
+
+        The default is `keras_vae.optimizers.FusedAdam(1e-3)`: Keras's Adam
+        with each variable's update done by one fused kernel (the same
+        arithmetic). Any Keras optimizer can be passed instead. The loss is
+        the model's own (the negative ELBO): do not pass `loss`.
+        """
+        if optimizer is None:
+            from keras_vae.optimizers import FusedAdam
+
+            optimizer = FusedAdam(learning_rate=1e-3)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        # Keras skips compiling a loaded model whose `compile` is overridden;
+        # this one takes Keras's arguments unchanged, so do what Keras does.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def _loss(self, terms):
         beta = tf.cast(self.beta, terms["kl"].dtype)
         loss = -tf.reduce_mean(terms["reconstruction"] - beta * terms["kl"])
