@@ -125,8 +125,6 @@ def keras_vae_model(jit_compile="auto", steps_per_execution=1, built=False):
     of this tf.function"), because `VAE.train_step` applies the gradients
     under `tf.control_dependencies` on its input checks.
     """
-    import keras
-
     import keras_vae
     from keras_vae.layers import BernoulliDecoder
     from keras_vae.layers import GaussianEncoder
