@@ -70,3 +70,13 @@ def test_logit_bernoulli_log_prob_and_gradient_match_tfp():
         np.testing.assert_allclose(tape.gradient(ours, logits), tape.gradient(theirs, logits), rtol=1e-6, atol=1e-7)
     probs = LogitBernoulli(probs=[0.2, 0.9], dtype=tf.float32)
     np.testing.assert_allclose(probs.log_prob([1.0, 0.0]), np.log([0.2, 0.1]), rtol=1e-6)
+
+
+def test_a_built_vae_compiled_with_xla_trains(make_vae, binary_images):
+    # compile() builds the optimizer of a built model: XLA cannot create
+    # variables inside the first step.
+    vae = make_vae(compile=False, input_shape=(None, 8, 8, 1))
+    vae.compile(jit_compile=True)
+    assert vae.optimizer.built
+    history = vae.fit(binary_images, epochs=2, batch_size=32, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))

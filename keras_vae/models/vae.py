@@ -433,6 +433,9 @@ class VAE(keras.Model):
 
             optimizer = FusedAdam(learning_rate=1e-3)
         super().compile(optimizer=optimizer, **kwargs)
+        if self.built:
+            # Its variables now, not inside the first (maybe XLA) step.
+            self.optimizer.build(self.trainable_variables)
 
     def compile_from_config(self, config):
         # Keras skips compiling a loaded model whose `compile` is overridden;
