@@ -6,6 +6,7 @@ encoder Dense 784-512-256 (ReLU) -> 2 x 32 (loc and scale of q(z|x); one
 FLOPs), decoder Dense 32-256-512 (ReLU) -> 784 (Bernoulli logits).
 """
 
+import argparse
 import math
 import os
 import platform
@@ -34,6 +35,20 @@ def default_data_dir():
     return os.environ.get("TFDS_DATA_DIR") or os.path.normpath(
         os.path.join(REPO_ROOT, "..", "shared", "tensorflow_datasets")
     )
+
+
+def argument_parser(description):
+    """An argparse parser with the option every benchmark has: --data-dir."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=default_data_dir(),
+        help="TFDS data dir (default: $TFDS_DATA_DIR, else ../shared/tensorflow_datasets "
+        "beside the repo)",
+    )
+    return parser
 
 
 def cpu_model():

@@ -31,7 +31,6 @@ Example (from the repo root):
     python benchmarks/eval_throughput.py --images 200 --samples 5000
 """
 
-import argparse
 import math
 import os
 import resource
@@ -50,15 +49,7 @@ GIB = 2**30
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=_common.default_data_dir(),
-        help="TFDS data dir (default: $TFDS_DATA_DIR, else ../shared/tensorflow_datasets "
-        "beside the repo)",
-    )
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("--model", default=None, help="a .keras file (default: a fresh model)")
     parser.add_argument("--samples", type=int, default=5000, help="importance samples k (default 5000)")
     parser.add_argument("--images", type=int, default=VALIDATION_IMAGES, help="first N validation images (default all 10,000); times are extrapolated to 10,000")

@@ -48,7 +48,6 @@ Example (from the repo root):
     python benchmarks/train_throughput.py --quick
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -61,15 +60,7 @@ import _common  # noqa: E402  (puts the repo root on sys.path)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=_common.default_data_dir(),
-        help="TFDS data dir (default: $TFDS_DATA_DIR, else ../shared/tensorflow_datasets "
-        "beside the repo)",
-    )
+    parser = _common.argument_parser(__doc__)
     parser.add_argument("--steps", type=int, default=400, help="timed steps per measurement (default 400, about one epoch)")
     parser.add_argument("--warmup-steps", type=int, default=50, help="untimed steps per contender before the rounds (default 50)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per contender; the table gives the median (default 3)")

@@ -9,8 +9,10 @@ are separate package functions (`keras_vae.evaluation`, `keras_vae.plotting`,
 """
 
 import dataclasses
+import functools
 import json
 import os
+import shutil
 
 import keras
 
@@ -183,14 +185,13 @@ def train(config, fresh=False, strategy=None):
     keras.utils.set_random_seed(config.seed)
     files = paths(config.output_dir)
     if fresh and chief:
-        import shutil
-
         shutil.rmtree(files["backup"], ignore_errors=True)
         for key in ("history", "best", "last"):
             if os.path.exists(files[key]):
                 os.remove(files[key])
 
-    train_ds = data_lib.load(
+    load_train = functools.partial(
+        data_lib.load,
         config.dataset,
         config.train_split,
         batch_size=config.batch_size,
@@ -209,7 +210,7 @@ def train(config, fresh=False, strategy=None):
         )
     if val_ds is not None:
         val_ds = distribute.prepare_dataset(val_ds)
-    steps_per_epoch = int(train_ds.cardinality())
+    steps_per_epoch = int(load_train().cardinality())
     if steps_per_epoch == 0:
         raise ValueError(
             f"Expected a non-empty training split. Received: {config.dataset}"
@@ -280,15 +281,7 @@ def train(config, fresh=False, strategy=None):
     def fit(first_step, initial_epoch, epochs, steps):
         # One endless stream, the same whatever the interruptions: epoch e
         # is its batches [e * steps_per_epoch, (e + 1) * steps_per_epoch).
-        stream = data_lib.load(
-            config.dataset,
-            config.train_split,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            data_dir=config.data_dir,
-            take=config.take,
-            start_step=first_step,
-        )
+        stream = load_train(start_step=first_step)
         # The batch size is the global one: under a strategy each batch is
         # split between the replicas of all workers.
         stream = distribute.prepare_dataset(stream)
@@ -322,8 +315,6 @@ def train(config, fresh=False, strategy=None):
     if epoch < config.epochs and not stopped:
         fit(epoch * steps_per_epoch, epoch, config.epochs, steps_per_epoch)
     if not chief:
-        import shutil
-
         shutil.rmtree(os.path.dirname(side["best"]), ignore_errors=True)
         return model, read_history(files["history"])
     model.save(files["last"])

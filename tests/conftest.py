@@ -18,6 +18,23 @@ from keras_vae.layers import BernoulliDecoder  # noqa: E402
 from keras_vae.layers import GaussianEncoder  # noqa: E402
 
 IMAGE_SHAPE = (8, 8, 1)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shared_data_dir():
+    """The prepared TFDS data, or None.
+
+    `$TFDS_DATA_DIR`, else `../shared/tensorflow_datasets` beside the project
+    (where CI puts it), whichever holds binarized_mnist. Tests on real data
+    use it (`shared_data_dir() or pytest.skip(...)`); the rest mock TFDS.
+    """
+    for candidate in (
+        os.environ.get("TFDS_DATA_DIR"),
+        os.path.join(ROOT, "..", "shared", "tensorflow_datasets"),
+    ):
+        if candidate and os.path.isdir(os.path.join(candidate, "binarized_mnist")):
+            return os.path.abspath(candidate)
+    return None
 
 
 def _prototype_images(num_examples, num_prototypes=4, flip_probability=0.05, seed=0):

@@ -28,18 +28,14 @@ import keras_vae.training
 from keras_vae import distribute
 from keras_vae.models.vae import stateless_seed
 
+from conftest import shared_data_dir
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300  # seconds per subprocess: a wedged collective must not hang the suite
 
 
 def _data_dir():
-    for candidate in (
-        os.environ.get("TFDS_DATA_DIR"),
-        os.path.join(ROOT, "..", "shared", "tensorflow_datasets"),
-    ):
-        if candidate and os.path.isdir(os.path.join(candidate, "binarized_mnist")):
-            return os.path.abspath(candidate)
-    pytest.skip(
+    return shared_data_dir() or pytest.skip(
         "binarized_mnist is not prepared in $TFDS_DATA_DIR nor in "
         "../shared/tensorflow_datasets; tools/train.py subprocesses cannot use "
         "the in-process TFDS mock"

@@ -25,18 +25,9 @@ from keras_vae.callbacks import NonFiniteLossError
 from keras_vae.callbacks import StopOnNonFiniteLoss
 from keras_vae.callbacks import TrainingBackup
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from conftest import shared_data_dir
 
-
-def _shared_data_dir():
-    for candidate in (
-        os.environ.get("TFDS_DATA_DIR"),
-        os.path.join(ROOT, "..", "shared", "tensorflow_datasets"),
-    ):
-        if candidate and os.path.isdir(os.path.join(candidate, "binarized_mnist")):
-            return os.path.abspath(candidate)
-    pytest.skip("binarized_mnist is not prepared on this machine")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _weights(model):
@@ -273,7 +264,7 @@ STEPS_PER_EPOCH = 2048 // 32
 def _train_command(output_dir):
     return [
         sys.executable, os.path.join(ROOT, "tools", "train.py"),
-        "--data-dir", _shared_data_dir(), "--output-dir", str(output_dir), *TRAIN_ARGS,
+        "--data-dir", shared_data_dir() or pytest.skip("binarized_mnist is not prepared on this machine"), "--output-dir", str(output_dir), *TRAIN_ARGS,
     ]  # fmt: skip
 
 

@@ -7,26 +7,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import shared_data_dir
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASE = os.path.join(HERE, "..", "saved_models", "binarized_mnist_vae")
 EXPORT = os.path.join(BASE, "1")
 EVALUATION = os.path.join(BASE, "evaluation-v1-validation.json")
-DATA_DIRS = [
-    os.environ.get("TFDS_DATA_DIR"),
-    os.path.join(HERE, "..", "..", "shared", "tensorflow_datasets"),
-]
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(os.path.join(EXPORT, "saved_model.pb")),
     reason="the shipped export is not in this checkout",
 )
-
-
-def _data_dir():
-    for candidate in DATA_DIRS:
-        if candidate and os.path.isdir(os.path.join(candidate, "binarized_mnist")):
-            return candidate
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +70,7 @@ def test_shipped_export_signatures_agree_with_each_other(session):
 
 
 def test_shipped_export_reproduces_its_recorded_validation_elbo(session):
-    data_dir = _data_dir()
+    data_dir = shared_data_dir()
     if data_dir is None:
         pytest.skip("binarized_mnist is not prepared on this machine")
     from keras_vae import data

@@ -4,8 +4,6 @@ They need the prepared TFDS data: `$TFDS_DATA_DIR`, or `../shared/tensorflow_dat
 beside the project; they are skipped when neither holds binarized_mnist.
 """
 
-import os
-
 import keras
 import numpy as np
 import pytest
@@ -14,18 +12,11 @@ import keras_vae
 from keras_vae import data
 from keras_vae.layers import BernoulliDecoder, GaussianEncoder
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CANDIDATES = [
-    os.environ.get("TFDS_DATA_DIR"),
-    os.path.join(HERE, "..", "..", "shared", "tensorflow_datasets"),
-]
+from conftest import shared_data_dir
 
 
 def _data_dir():
-    for candidate in CANDIDATES:
-        if candidate and os.path.isdir(os.path.join(candidate, "binarized_mnist")):
-            return candidate
-    pytest.skip("binarized_mnist is not prepared on this machine")
+    return shared_data_dir() or pytest.skip("binarized_mnist is not prepared on this machine")
 
 
 @pytest.mark.slow

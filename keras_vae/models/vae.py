@@ -439,11 +439,9 @@ class VAE(keras.Model):
 
     def compile_from_config(self, config):
         # Keras skips compiling a loaded model whose `compile` is overridden;
-        # this one takes Keras's arguments unchanged, so do what Keras does.
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        # this one takes Keras's arguments unchanged (and builds the optimizer
+        # of a built model, as Keras does here), so let it compile.
+        self.compile(**keras.saving.deserialize_keras_object(config))
 
     def _loss(self, terms):
         beta = tf.cast(self.beta, terms["kl"].dtype)
