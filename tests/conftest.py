@@ -117,6 +117,46 @@ def _state(model):
     return state
 
 
+# ------------------------------------------------------- float32 tolerances
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 2**-23, about 1.19e-7
+
+
+def float32_atol(magnitude, roundings=16):
+    """Absolute tolerance between two float32 computations of one quantity.
+
+    Two code paths (eager and traced, Keras and a SavedModel, oneDNN's fused
+    kernels on one CPU and Eigen's on another, one replica and two) compute
+    the same number with other kernels, fusions and summation orders. Each
+    rounds its intermediates to float32, so they agree to a few units of
+    rounding of the largest quantity they went through, not to a relative
+    precision of the result: `gap = nll - elbo` is a difference of two
+    numbers near 544 nats whose rounding there is 544 * eps = 6.5e-5, far
+    above 1e-5 of the gap itself.
+
+    Args:
+        magnitude: The size of the largest intermediate the result comes from
+            (e.g. |log p(x|z)| summed over the pixels, in nats).
+        roundings: How many roundings of that size the paths may differ by:
+            a sum over n terms reordered accumulates about log2(n) of them
+            pairwise and up to n sequentially; the default 16 covers a
+            reduction over a 28x28 image (log2(784) < 10) with margin.
+
+    Returns:
+        `roundings * eps32 * magnitude`.
+    """
+    return roundings * FLOAT32_EPS * float(np.max(np.abs(magnitude)))
+
+
+
+# A SavedModel (graph session, TFSMLayer, TF Serving's loader) against the
+# Keras model: other graphs, maybe other kernels and fusions. The values
+# compared are O(1) (loc, scale, means, the prior's log-density of 2 latents:
+# atol 1e-5 is ~80 float32 roundings of 1) or image log-likelihoods, sums of
+# per-pixel terms that agree to roundings of their own size (rtol 1e-5 is ~80
+# roundings of the sum: a reduction reordered over 784 pixels needs < 10).
+SAVEDMODEL_TOL = dict(rtol=1e-5, atol=1e-5)
+
 def _changed(before, after):
     """Names of the variables that differ (or appeared / disappeared)."""
     names = sorted(set(before) | set(after))

@@ -28,6 +28,7 @@ import keras_vae.training
 from keras_vae import distribute
 from keras_vae.models.vae import stateless_seed
 
+from conftest import float32_atol
 from conftest import shared_data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -294,6 +295,10 @@ def test_one_mirrored_step_on_two_cpus_updates_weights_as_one_device(mirrored_st
     assert mirrored_step["replicas"] == 2
     case = mirrored_step["cases"][batch]
     assert case["update"] > 0.1  # the step is large against the tolerance
+    # Weights are O(1) (max |w| < 2) and one replica sums 16 or 17 examples'
+    # gradients where one device sums 32 or 33: the two updates differ by
+    # float32 roundings of the summed gradient times lr = 0.5, about 1e-7 per
+    # rounding. 1e-5 allows ~80 of them and is 1e-4 of the update checked.
     assert case["difference"] < 1e-5, case
 
 
@@ -301,7 +306,9 @@ def test_one_mirrored_step_on_two_cpus_updates_weights_as_one_device(mirrored_st
 def test_one_mirrored_step_reports_the_one_device_loss(mirrored_step, batch):
     single, mirrored = mirrored_step["cases"][batch]["loss"]
     assert np.isfinite(mirrored)
-    np.testing.assert_allclose(mirrored, single, rtol=1e-6)
+    # A mean of per-replica means against one mean over the batch: another
+    # order of float32 sums of the per-example losses (about 44 nats each).
+    np.testing.assert_allclose(mirrored, single, rtol=0, atol=float32_atol(single))
 
 
 def test_mirrored_replicas_draw_different_noise(mirrored_step):
@@ -323,7 +330,7 @@ def test_two_worker_processes_take_the_one_device_step_and_only_the_chief_writes
         for batch, case in results["cases"].items():
             assert case["update"] > 0.1, batch
             assert case["difference"] < 1e-5, (batch, case)
-            np.testing.assert_allclose(case["loss"][1], case["loss"][0], rtol=1e-6)
+            np.testing.assert_allclose(case["loss"][1], case["loss"][0], rtol=0, atol=float32_atol(case["loss"][0]))
     assert chief["seeds"] != worker["seeds"]
     for batch in ("32", "33", "1"):
         assert (tmp_path / "worker-0" / "distributed" / batch / "latest.json").is_file()

@@ -138,17 +138,41 @@ class _BreakWeightsAt(keras.callbacks.Callback):
             kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
 
 
+class _RecordLosses(keras.callbacks.Callback):
+    """Records (training step, logged loss) after every batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations) - 1
+        self.losses.append((step, float(logs["loss"])))
+
+
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_backup(make_vae, binary_images, tmp_path):
     model = make_vae(input_shape=(None, 8, 8, 1))
     backup = TrainingBackup(tmp_path / "backup", save_freq=2, steps_per_epoch=4)
     stop = StopOnNonFiniteLoss(backup, steps_per_epoch=4)
-    # Broken at the end of step 5 (iterations == 6), before the backup due
-    # then, which finds NaN weights and is skipped; the loss of step 6 is NaN.
-    callbacks = [_BreakWeightsAt(6), stop, backup]
+    record = _RecordLosses()
+    # A weight becomes NaN at the end of step 5 (iterations == 6), before the
+    # backup due then, which finds NaN weights and is skipped, as is every
+    # later one. Which step's loss is the first NaN depends on the kernels:
+    # oneDNN's fused Dense+ReLU maps a NaN kernel to 0 inside tf.function on
+    # some CPUs, so the NaN shows one step later there. The contract tested:
+    # training stops at the first non-finite loss, names that step, and the
+    # last good backup is the newest finite state (step 4), untouched.
+    callbacks = [_BreakWeightsAt(6), record, stop, backup]
     with pytest.raises(NonFiniteLossError) as error:
         model.fit(binary_images, epochs=3, batch_size=16, shuffle=False, verbose=0, callbacks=callbacks)
+    steps = [step for step, _ in record.losses]
+    assert steps == list(range(len(steps)))
+    first_bad = next(step for step, loss in record.losses if not np.isfinite(loss))
+    assert first_bad >= 6 and all(np.isfinite(loss) for _, loss in record.losses[:first_bad])
+    assert steps[-1] == first_bad  # no step ran after it
+    epoch, batch = divmod(first_bad, 4)
     message = str(error.value)
-    assert "The training loss became nan at training step 6 (epoch 1, batch 2)" in message
+    assert f"The training loss became nan at training step {first_bad} (epoch {epoch}, batch {batch})" in message
     assert "last good backup, untouched, is step 4 (epoch 1, batch 0)" in message
     # No broken state was backed up: restoring gives finite weights.
     assert backup.latest()["step"] == 4

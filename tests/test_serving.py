@@ -40,6 +40,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 import keras_vae
+from conftest import SAVEDMODEL_TOL
 from keras_vae import export
 from keras_vae import kl as kl_lib
 from keras_vae import serving
@@ -49,7 +50,7 @@ from keras_vae.layers import GaussianEncoder
 MODEL_NAME = "binarized_mnist_vae"
 EVENT = (28, 28, 1)
 LATENT = 2
-TOL = dict(rtol=1e-5, atol=1e-5)
+TOL = SAVEDMODEL_TOL
 WATCHDOG_SECONDS = 300
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

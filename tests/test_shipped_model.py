@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import float32_atol
 from conftest import shared_data_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,16 +58,23 @@ def test_shipped_export_signatures_agree_with_each_other(session):
     latent_dim = encoded["loc"].shape[1]
     assert encoded["scale"].min() > 0 and encoded["z"].shape == (8, latent_dim)
     decoded = _run(session, "decode", z=encoded["loc"])
-    # serving_default is the decoder mean at the posterior mean.
+    # serving_default is the decoder mean at the posterior mean. Two graphs
+    # (one fed the other's loc) may get other kernels or fusions: their logits
+    # agree to roundings of the largest logit, and the sigmoid's slope is at
+    # most 1/4, so the means agree at least as well.
     served = _run(session, "serving_default", x=x)["mean"]
-    np.testing.assert_allclose(served, decoded["mean"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(decoded["mean"], 1 / (1 + np.exp(-decoded["logits"])), rtol=1e-5, atol=1e-6)
+    logit_atol = float32_atol(decoded["logits"])
+    np.testing.assert_allclose(served, decoded["mean"], rtol=0, atol=logit_atol)
+    # The same logits through TF's sigmoid and NumPy's: a few roundings of 1.
+    expit = np.exp(-np.logaddexp(0.0, -decoded["logits"].astype("float64")))
+    np.testing.assert_allclose(decoded["mean"], expit, rtol=0, atol=float32_atol(1.0))
     log_prob = _run(session, "prior_log_prob", z=np.zeros((2, latent_dim), "float32"))["log_prob"]
-    np.testing.assert_allclose(log_prob, -0.5 * latent_dim * np.log(2 * np.pi), rtol=1e-6)
+    expected = -0.5 * latent_dim * np.log(2 * np.pi)
+    np.testing.assert_allclose(log_prob, expected, rtol=0, atol=float32_atol(expected))
     sample = _run(session, "sample", num=np.int32(3))["mean"]
     assert sample.shape == (3, 28, 28, 1) and 0 <= sample.min() and sample.max() <= 1
     terms = _run(session, "elbo", x=x)
-    np.testing.assert_allclose(terms["elbo"], terms["reconstruction"] - terms["kl"], rtol=1e-5)
+    np.testing.assert_allclose(terms["elbo"], terms["reconstruction"] - terms["kl"], rtol=0, atol=float32_atol(terms["reconstruction"]))
 
 
 def test_shipped_export_reproduces_its_recorded_validation_elbo(session):
