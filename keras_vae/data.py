@@ -12,9 +12,19 @@ them to float inside its step. Datasets:
   `Bernoulli(pixel / 255)` (dynamic binarization: a fresh draw every epoch for
   training, a fixed draw for evaluation splits so numbers are repeatable).
 
+Splits: every dataset has the logical splits "train", "validation" and
+"test" (those whose data is prepared). mnist and fashion_mnist have no
+validation split in TFDS (only train 60k / test 10k): their validation split
+is carved from the end of TFDS's train, the standard 50k / 10k
+(`DATASETS[name]["splits"]`), so "train" and "validation" never overlap.
+Split strings follow TFDS's syntax on the logical splits ("validation[:10%]",
+"train[-500:]", "train+validation").
+
 TFDS finds the data in `data_dir`, else in `$TFDS_DATA_DIR`, else in
-`~/tensorflow_datasets`, and downloads it there when it is missing (on a
-machine with internet).
+`~/tensorflow_datasets`, and, unless `download=False`, downloads and prepares
+it there when it is missing (on a machine with internet). When the data is
+missing and cannot be downloaded, `load` raises `DataNotFoundError` saying
+where it looked, why the download failed and how to point at prepared data.
 """
 
 import os
@@ -22,13 +32,25 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+# The logical splits of mnist-like datasets as TFDS split strings: TFDS has
+# only train (60k) and test (10k); validation is the last 10k of train.
+_CARVED_VALIDATION = {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"}
+
 DATASETS = {
-    "binarized_mnist": {"binarize": "none", "has_labels": False},
-    "mnist": {"binarize": "dynamic", "has_labels": True},
-    "fashion_mnist": {"binarize": "dynamic", "has_labels": True},
+    # "splits": logical split -> TFDS split string; None: TFDS's own splits.
+    "binarized_mnist": {"binarize": "none", "has_labels": False, "splits": None},
+    "mnist": {"binarize": "dynamic", "has_labels": True, "splits": _CARVED_VALIDATION},
+    "fashion_mnist": {"binarize": "dynamic", "has_labels": True, "splits": _CARVED_VALIDATION},
 }
 DEFAULT_DATASET = "binarized_mnist"
 BINARIZATIONS = ("none", "dynamic", "threshold")
+
+# Datasets whose carved splits were announced (once per process).
+_announced = set()
+
+
+class DataNotFoundError(ValueError):
+    """A dataset is not prepared where TFDS looked and could not be downloaded."""
 
 
 def resolve_data_dir(data_dir=None):
@@ -43,17 +65,140 @@ def _check_name(name):
         )
 
 
+def _builder(name, data_dir):
+    return tfds.builder(name, data_dir=resolve_data_dir(data_dir))
+
+
+def _logical_splits(name, builder):
+    """Logical split name -> TFDS split string, for the prepared splits."""
+    prepared = builder.info.splits.keys()
+    mapping = DATASETS[name]["splits"] or {split: split for split in prepared}
+    return {
+        split: spec for split, spec in mapping.items() if spec.split("[")[0] in prepared
+    }
+
+
 def available_splits(name, data_dir=None):
-    """Split names of a dataset, as prepared on disk or as TFDS declares them."""
+    """Logical split names of a dataset whose data is prepared (sorted).
+
+    For mnist and fashion_mnist, "validation" is there whenever TFDS's train
+    is (see `DATASETS`). Nothing is downloaded: a dataset that is not
+    prepared has no splits.
+
+    Example:
+
+    >>> available_splits("mnist")  # doctest: +SKIP
+    ['test', 'train', 'validation']
+    """
     _check_name(name)
-    builder = tfds.builder(name, data_dir=resolve_data_dir(data_dir))
-    return sorted(builder.info.splits.keys())
+    return sorted(_logical_splits(name, _builder(name, data_dir)))
+
+
+def _resolve_split(name, split, builder):
+    """A logical split string -> (TFDS split string, logical names, size).
+
+    Raises:
+        ValueError: a split that is not prepared (listing those that are), or
+            a carved split that TFDS's split is too small to hold.
+    """
+    logical = _logical_splits(name, builder)
+    names = [part.split("[")[0].strip() for part in str(split).split("+")]
+    missing = [n for n in names if n not in logical and n != "all"]
+    if missing:
+        raise ValueError(
+            f"Expected a split of {name} among {sorted(logical)}. Received: split={split!r}. "
+            "(On machines without internet only the prepared splits exist.)"
+        )
+    # Where each logical split used lies in TFDS's splits: (TFDS split, start, size).
+    extents = {}
+    for logical_name in logical if "all" in names else names:
+        spec = logical[logical_name]
+        try:
+            (where,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(builder.info.splits)
+        except ValueError as error:
+            raise ValueError(
+                f"Expected {name}'s TFDS splits to hold its {logical_name} split "
+                f"{spec}. Received: {error}"
+            ) from error
+        total = builder.info.splits[where.splitname].num_examples
+        start, stop = where.from_ or 0, total if where.to is None else where.to
+        extents[logical_name] = (where.splitname, start, stop - start)
+    sizes = {
+        logical_name: tfds.core.SplitInfo(
+            name=logical_name, shard_lengths=[size], num_bytes=0, filename_template=None
+        )
+        for logical_name, (_, _, size) in extents.items()
+    }
+    parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(sizes)
+    tfds_parts, count = [], 0
+    for part in parts:
+        source, start, size = extents[part.splitname]
+        begin = start + (part.from_ or 0)
+        end = start + (size if part.to is None else part.to)
+        tfds_parts.append(f"{source}[{begin}:{end}]")
+        count += end - begin
+    return "+".join(tfds_parts), sorted({part.splitname for part in parts}), count
 
 
 def num_examples(name, split, data_dir=None):
-    """Number of examples in `split` (a plain split name)."""
-    builder = tfds.builder(name, data_dir=resolve_data_dir(data_dir))
-    return builder.info.splits[split].num_examples
+    """Number of examples in `split` (a logical split string, e.g. "train[:10%]").
+
+    Example:
+
+    >>> num_examples("mnist", "train"), num_examples("mnist", "validation[:10%]")  # doctest: +SKIP
+    (50000, 1000)
+    """
+    _check_name(name)
+    return _resolve_split(name, split, _builder(name, data_dir))[2]
+
+
+def _summary(error, limit=400):
+    """One line: the exception's type and message, shortened to `limit` characters."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _prepared_builder(name, split, data_dir, download):
+    """A builder of `name` with prepared data, downloaded first if allowed.
+
+    Raises:
+        DataNotFoundError: the data is not prepared and was not (or could
+            not be) downloaded.
+    """
+    builder = _builder(name, data_dir)
+    # (is_prepared() alone logs a warning about a directory that does not exist.)
+    if builder.data_path.exists() and builder.is_prepared():
+        return builder
+    if download:
+        try:
+            builder.download_and_prepare()
+        except Exception as error:  # network, manual download, disk: any failure
+            received = f"TFDS's download failed: {_summary(error)}"
+            raise DataNotFoundError(_not_found_message(name, split, builder, received)) from error
+        return _builder(name, data_dir)
+    raise DataNotFoundError(_not_found_message(name, split, builder, "download=False"))
+
+
+def _not_found_message(name, split, builder, received):
+    relative = os.path.relpath(builder.data_dir, builder.data_dir_root)
+    return (
+        f"Expected {name} (split {split!r}) prepared in {builder.data_dir}. Received: no "
+        f"prepared data there, and {received}. To use data prepared elsewhere (e.g. on a "
+        f"machine without internet), pass --data-dir DIR (data_dir=DIR in Python) or set "
+        f"TFDS_DATA_DIR=DIR, where DIR holds {relative}/."
+    )
+
+
+def _announce(name):
+    """Says (once per process) where a dataset's carved train and validation lie."""
+    mapping = DATASETS[name]["splits"]
+    if mapping is None or name in _announced:
+        return
+    _announced.add(name)
+    print(
+        f"{name} has no validation split: using {mapping['validation']} as validation "
+        f"and {mapping['train']} for training"
+    )
 
 
 def _binarize(images, method, seed):
@@ -86,9 +231,11 @@ def load(
 
     Args:
         name: One of `DATASETS`.
-        split: TFDS split string ("train", "validation", "test", "train[:10%]").
+        split: Split string on the logical splits ("train", "validation",
+            "test", "train[:10%]", "train+validation"; see the module
+            docstring: mnist's validation is the end of TFDS's train).
         batch_size: Examples per batch.
-        shuffle: Shuffle each epoch; defaults to True for training splits.
+        shuffle: Shuffle each epoch; defaults to True when `split` includes train.
         seed: Seed of the shuffle order and of dynamic binarization.
         data_dir: TFDS data directory (default: `$TFDS_DATA_DIR` or TFDS's).
         binarize: "none", "dynamic" or "threshold" (>= 128); defaults per
@@ -97,7 +244,8 @@ def load(
             for datasets without labels).
         take: Optional number of examples to keep (for quick runs).
         drop_remainder: Drop the last partial batch.
-        download: Let TFDS download and prepare missing data.
+        download: Let TFDS download and prepare missing data (into
+            `data_dir`, `$TFDS_DATA_DIR` or `~/tensorflow_datasets`).
         start_step: If given, an endless stream of batches instead of one
             epoch, starting at batch `start_step` of it. Epoch e of the stream
             (its batches `e * batches_per_epoch` on) is shuffled and binarized
@@ -112,6 +260,9 @@ def load(
     Raises:
         ValueError: unknown dataset, binarization or split (the message lists
             the splits that exist).
+        DataNotFoundError: (a `ValueError`) the data is not prepared and
+            could not be downloaded, or `download=False`; the message names
+            the directory searched and the download's error.
 
     Example:
 
@@ -125,23 +276,14 @@ def load(
         raise ValueError(
             f"Expected binarize in {BINARIZATIONS}. Received: binarize={binarize!r}"
         )
-    base_split = split.split("[")[0]
-    splits = available_splits(name, data_dir)
-    if base_split not in splits:
-        raise ValueError(
-            f"Expected a split of {name} among {splits}. Received: split={split!r}. "
-            "(On machines without internet only the prepared splits exist.)"
-        )
-    training = base_split == "train"
+    builder = _prepared_builder(name, split, data_dir, download)
+    tfds_split, logical_names, count = _resolve_split(name, split, builder)
+    if {"train", "validation"} & set(logical_names):
+        _announce(name)
+    training = "train" in logical_names
     if shuffle is None:
         shuffle = training
-    ds = tfds.load(
-        name,
-        split=split,
-        data_dir=resolve_data_dir(data_dir),
-        download=download,
-        shuffle_files=False,
-    )
+    ds = builder.as_dataset(split=tfds_split, shuffle_files=False)
     has_labels = DATASETS[name]["has_labels"]
 
     def select(example):
@@ -168,7 +310,7 @@ def load(
         ds = ds.cache()
         if shuffle:
             ds = ds.shuffle(
-                min(num_examples(name, base_split, data_dir), 60000),
+                min(count, 60000),
                 seed=seed,
                 reshuffle_each_iteration=True,
             )

@@ -183,6 +183,21 @@ def changed_variables():
 
 # ------------------------------------------------------------------ mock TFDS
 
+# The splits TFDS itself has, with their sizes: mnist-like datasets have no
+# validation split (keras_vae.data carves it from the end of train).
+TFDS_SPLITS = {
+    "binarized_mnist": {"train": 50000, "validation": 10000, "test": 10000},
+    "mnist": {"train": 60000, "test": 10000},
+    "fashion_mnist": {"train": 60000, "test": 10000},
+}
+# What `mock_tfds` declares by default: binarized_mnist as prepared on these
+# machines (train and validation only), the others as TFDS has them.
+MOCK_SPLITS = {
+    "binarized_mnist": ("train", "validation"),
+    "mnist": ("train", "test"),
+    "fashion_mnist": ("train", "test"),
+}
+
 
 @pytest.fixture(scope="session")
 def mock_tfds(tmp_path_factory):
@@ -192,9 +207,17 @@ def mock_tfds(tmp_path_factory):
     `tfds.load` / `tfds.builder` of binarized_mnist, mnist and fashion_mnist
     read `num_examples` deterministic random examples per split, never the
     network nor any real data. The metadata (`dataset_info.json`, written in a
-    fresh temporary directory) declares `splits` with `num_examples` each, so
-    `keras_vae.data` sees the split names and sizes it checks (without metadata,
-    `tfds.testing.mock_data` knows no split names).
+    fresh temporary directory) declares the splits of `MOCK_SPLITS` with the
+    sizes TFDS has (`TFDS_SPLITS`), so `keras_vae.data` sees the split names
+    and sizes it checks (without metadata, `tfds.testing.mock_data` knows no
+    split names): mnist and fashion_mnist have train and test only, as in
+    TFDS; binarized_mnist has train and validation, as prepared here.
+
+    `splits={"binarized_mnist": ("train", "validation", "test")}` declares
+    other splits for the datasets it names (a tuple of names, sized as in
+    TFDS, or a dict name -> size). Whatever the declared sizes, TFDS's mock
+    yields the same `num_examples` examples for every split and slice, unless
+    `as_dataset_fn` (passed on to `tfds.testing.mock_data`) makes them.
 
     Pixel values: `max_value=None` gives TFDS's default, uint8 in [0, 254];
     `max_value=2` gives binary images in {0, 1}. Labels of mnist-like datasets
@@ -203,29 +226,34 @@ def mock_tfds(tmp_path_factory):
     import contextlib
 
     @contextlib.contextmanager
-    def mock(num_examples=20, max_value=None, splits=("train", "validation")):
+    def mock(num_examples=20, max_value=None, splits=None, as_dataset_fn=None):
         import tensorflow_datasets as tfds
 
+        declared = {**MOCK_SPLITS, **(splits or {})}
         root = str(tmp_path_factory.mktemp("tfds_metadata"))
         with tfds.testing.mock_data(
             num_examples=num_examples,
             max_value=max_value,
             policy=tfds.testing.MockPolicy.USE_FILES,
             data_dir=root,
+            as_dataset_fn=as_dataset_fn,
         ):
             # Builders made inside the mock get `root` as their data_dir.
-            for name in ("binarized_mnist", "mnist", "fashion_mnist"):
+            for name, names in declared.items():
+                sizes = names if isinstance(names, dict) else {
+                    split: TFDS_SPLITS[name].get(split, num_examples) for split in names
+                }
                 builder = tfds.builder(name, data_dir=root)
                 builder.info.set_splits(
                     tfds.core.SplitDict(
                         [
                             tfds.core.SplitInfo(
                                 name=split,
-                                shard_lengths=[num_examples],
+                                shard_lengths=[size],
                                 num_bytes=0,
                                 filename_template=None,
                             )
-                            for split in splits
+                            for split, size in sizes.items()
                         ]
                     )
                 )
@@ -234,3 +262,59 @@ def mock_tfds(tmp_path_factory):
             yield root
 
     return mock
+
+
+def _fake_examples(builder, num_examples, rng):
+    """(key, example) pairs with the features of `builder`'s dataset.
+
+    Images are binary: {0, 1} for binarized_mnist, {0, 255} for grey-level
+    datasets (so any binarization keeps them); labels in [0, 10).
+    """
+    top = 1 if builder.name == "binarized_mnist" else 255
+    for index in range(num_examples):
+        example = {"image": (rng.random((28, 28, 1)) < 0.5).astype("uint8") * top}
+        if "label" in builder.info.features:
+            example["label"] = int(rng.integers(10))
+        yield index, example
+
+
+@pytest.fixture
+def tfds_download(monkeypatch):
+    """Replaces TFDS's download by a stand-in that needs no network.
+
+    `downloads = tfds_download(num_examples=16)`: from then on, every
+    `DatasetBuilder.download_and_prepare` appends the dataset's name to
+    `downloads` and writes a tiny dataset where TFDS would (through TFDS's
+    own preparation code; only the download is replaced): the splits TFDS
+    has (`TFDS_SPLITS`), `num_examples` random examples each.
+
+    `tfds_download(error=ConnectionError(...))`: every call appends the name,
+    then raises `error`, as TFDS does on a machine without internet.
+    """
+    from unittest import mock
+
+    import tensorflow_datasets as tfds
+
+    original = tfds.core.DatasetBuilder.download_and_prepare
+
+    def install(num_examples=16, error=None):
+        downloads = []
+
+        def download_and_prepare(self, *args, **kwargs):
+            downloads.append(self.name)
+            if error is not None:
+                raise error
+            rng = np.random.default_rng(len(downloads))
+
+            def split_generators(dl_manager):
+                return {
+                    split: _fake_examples(self, num_examples, rng) for split in TFDS_SPLITS[self.name]
+                }
+
+            with mock.patch.object(self, "_split_generators", split_generators):
+                original(self, download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+        return downloads
+
+    return install
