@@ -1,17 +1,36 @@
 """keras_vae: variational auto-encoders for Keras 3 with TensorFlow Probability.
 
+The public API is what `__all__` lists: the model and layers below, and the
+modules `architectures`, `callbacks`, `config`, `data`, `distribute`, `evaluation`, `export`,
+`kl`, `layers`, `models`, `optimizers`, `plotting`, `saving`, `serving` and
+`training`, each with its own `__all__`. All are reachable after
+`import keras_vae` (e.g. `keras_vae.callbacks.KLWarmup`); `config`, `data`,
+`plotting` and `training` are imported on first use (PEP 562), so importing
+the package does not load matplotlib.pyplot, SciPy or TensorFlow Datasets.
+Modules and names with a leading underscore are private.
+
 Example:
 
 >>> import keras_vae
 >>> from keras_vae.layers import GaussianEncoder, BernoulliDecoder
 >>> vae = keras_vae.VAE(GaussianEncoder(latent_dim=32),
 ...                     BernoulliDecoder(event_shape=(28, 28, 1)))
+>>> warmup = keras_vae.callbacks.KLWarmup(epochs=10)
 """
 
+import importlib
+
+from keras_vae import architectures
+from keras_vae import callbacks
+from keras_vae import distribute
+from keras_vae import evaluation
+from keras_vae import export
 from keras_vae import kl
 from keras_vae import layers
+from keras_vae import models
 from keras_vae import optimizers
 from keras_vae import saving
+from keras_vae import serving
 from keras_vae.kl import gaussian_kl
 from keras_vae.kl import kl_divergence
 from keras_vae.layers import BernoulliDecoder
@@ -20,7 +39,12 @@ from keras_vae.layers import GaussianEncoder
 from keras_vae.layers import StandardNormalPrior
 from keras_vae.models import VAE
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# Public modules imported when first used: `keras_vae.plotting` imports
+# matplotlib and SciPy, `data` (and `training`, which uses it) TensorFlow
+# Datasets; `config` is cheap but lets `tools/` read it without the package.
+_LAZY_MODULES = ("config", "data", "plotting", "training")
 
 __all__ = [
     "VAE",
@@ -28,10 +52,32 @@ __all__ = [
     "GaussianDecoder",
     "GaussianEncoder",
     "StandardNormalPrior",
+    "architectures",
+    "callbacks",
+    "config",
+    "data",
+    "distribute",
+    "evaluation",
+    "export",
     "gaussian_kl",
     "kl",
     "kl_divergence",
     "layers",
+    "models",
     "optimizers",
+    "plotting",
     "saving",
+    "serving",
+    "training",
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        # The import also sets the attribute: later lookups do not come here.
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_MODULES))

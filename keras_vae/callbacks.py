@@ -6,6 +6,14 @@ import os
 import keras
 import numpy as np
 
+__all__ = [
+    "BackupError",
+    "KLWarmup",
+    "NonFiniteLossError",
+    "StopOnNonFiniteLoss",
+    "TrainingBackup",
+]
+
 
 @keras.saving.register_keras_serializable(package="keras_vae")
 class KLWarmup(keras.callbacks.Callback):

@@ -13,6 +13,19 @@ import os
 
 import tensorflow as tf
 
+from keras_vae.models._distribution import in_multi_worker_mode
+
+__all__ = [
+    "STRATEGIES",
+    "check_steps_per_execution",
+    "check_tf_config",
+    "check_workers_agree",
+    "in_multi_worker_mode",
+    "is_chief",
+    "make_strategy",
+    "prepare_dataset",
+]
+
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 _TF_CONFIG_EXAMPLE = (
@@ -187,14 +200,6 @@ def check_steps_per_execution(strategy, steps_per_execution):
             f"steps_per_execution={steps_per_execution} with {replicas} replicas "
             "(drop --steps-per-execution)."
         )
-
-
-def in_multi_worker_mode(strategy=None):
-    """Whether `strategy` spans several workers (processes or machines)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and strategy.extended._in_multi_worker_mode()
 
 
 def check_workers_agree(strategy, step, backup_dir):

@@ -1,7 +1,7 @@
 """Evaluating a trained VAE: importance-sampled log-likelihood and diagnostics.
 
-* `log_importance_weights`: log w = log p(x|z) + log p(z) - log q(z|x), the one
-  place the importance weights are computed.
+* `log_importance_weights` (from `keras_vae.objectives`, the one place the
+  importance weights are computed): log w = log p(x|z) + log p(z) - log q(z|x).
 * `importance_sampled_log_likelihood`: the IWAE bound (Burda et al. 2016)
   log p(x) >= log (1/k) sum_i w_i, per example, computed in log space with a
   running logsumexp over chunks of samples so memory stays bounded whatever k.
@@ -19,28 +19,20 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vae import kl as kl_lib
+from keras_vae.objectives import log_importance_weights
+
+__all__ = [
+    "DEFAULT_MAX_ELEMENTS",
+    "TABLE_ROWS",
+    "active_units",
+    "aggregate_posterior_kl",
+    "evaluate",
+    "format_table",
+    "importance_sampled_log_likelihood",
+    "log_importance_weights",
+]
 
 DEFAULT_MAX_ELEMENTS = 2**23
-
-
-def log_importance_weights(model, x, q, z):
-    """log p(x|z) + log p(z) - log q(z|x) for samples `z` of shape `[S, B, L]`.
-
-    The decoder runs on the flattened `[S * B, L]` codes (plain matrix
-    products) and `x` is tiled to match.
-
-    Returns:
-        A tuple `(log_w, log_px_given_z)` of `[S, B]` tensors.
-    """
-    num_samples = tf.shape(z)[0]
-    batch = tf.shape(z)[1]
-    flat_z = tf.reshape(z, [-1, z.shape[-1]])
-    p = model.decoder(flat_z, training=False)
-    x_tiled = tf.tile(x, tf.concat([[num_samples], tf.ones([x.shape.rank - 1], tf.int32)], 0))
-    log_px_given_z = tf.reshape(p.log_prob(x_tiled), [num_samples, batch])
-    log_pz = model.prior.distribution(z.dtype).log_prob(z)
-    log_qz = q.log_prob(z)
-    return log_px_given_z + log_pz - log_qz, log_px_given_z
 
 
 def _chunk_size(batch, event_size, num_samples, max_elements):
@@ -88,7 +80,11 @@ class _ImportanceSampler:
         """
         seed = tf.constant([seed, 0], tf.int64) if isinstance(seed, int) else seed
         batch = int(x.shape[0])
-        event_size = math.prod(x.shape[1:])
+        # Numbers held per sample: the image's pixels, or the prior's
+        # components x latents for a mixture prior, whichever is larger.
+        event_size = max(
+            math.prod(x.shape[1:]), getattr(self.model.prior, "elements_per_code", 0)
+        )
         chunk = _chunk_size(batch, event_size, num_samples, max_elements)
         running = None
         sum_log_px_given_z = tf.zeros([batch], x.dtype)
@@ -160,6 +156,16 @@ def aggregate_posterior_kl(codes):
     return float(kl_lib.gaussian_kl(loc, scale).numpy())
 
 
+def _example_mean(batches):
+    """Mean over all examples of per-example values given batch by batch.
+
+    Each example weighs the same whatever the size of its batch (a partial
+    last batch counts for its examples only); accumulated in float64. The
+    one computation of the NLL `evaluate` shows while it runs and reports.
+    """
+    return float(np.mean(np.concatenate(batches), dtype=np.float64))
+
+
 def evaluate(
     model,
     dataset,
@@ -200,7 +206,9 @@ def evaluate(
     except TypeError:
         total = None
     if verbose:
-        progbar = keras.utils.Progbar(total, unit_name="batch")
+        # "nll" is given as the running mean over the examples seen so far:
+        # shown as given (stateful), its last value is the reported NLL.
+        progbar = keras.utils.Progbar(total, unit_name="batch", stateful_metrics=["nll"])
     base_seed = tf.constant([seed, 0], tf.int64)
     code_seed = tf.constant([seed, 1], tf.int64)
     for i, batch in enumerate(dataset):
@@ -215,15 +223,16 @@ def evaluate(
         means.append(q.mean().numpy())
         codes.append(q.sample(seed=tf.random.experimental.stateless_fold_in(code_seed, i)).numpy())
         if progbar is not None:
-            progbar.update(i + 1, [("nll", -float(np.mean(per["log_likelihood"][-1])))])
+            progbar.update(i + 1, [("nll", -_example_mean(per["log_likelihood"]))])
     if not per["kl"]:
         raise ValueError("Expected a dataset with at least one batch. Received: an empty dataset")
+    log_likelihood = _example_mean(per["log_likelihood"])
     per = {k: np.concatenate(v) for k, v in per.items()}
     per["elbo"] = per["reconstruction"] - per["kl"]
     count, _ = active_units(np.concatenate(means))
     results = {
-        "nll": float(-per["log_likelihood"].mean()),
-        "log_likelihood": float(per["log_likelihood"].mean()),
+        "nll": -log_likelihood,
+        "log_likelihood": log_likelihood,
         "elbo": float(per["elbo"].mean()),
         "reconstruction": float(per["reconstruction"].mean()),
         "distortion": float(-per["reconstruction"].mean()),

@@ -16,7 +16,7 @@ import tensorflow_probability as tfp
 
 tfd = tfp.distributions
 
-__all__ = ["gaussian_kl", "kl_divergence", "monte_carlo_kl"]
+__all__ = ["analytic_kl", "gaussian_kl", "kl_divergence", "monte_carlo_kl"]
 
 
 def gaussian_kl(loc, scale):
@@ -80,6 +80,26 @@ def monte_carlo_kl(q, p, num_samples=1, seed=None, z=None):
     return tf.reduce_mean(log_ratio, axis=tf.range(sample_ndims))
 
 
+def analytic_kl(q, p):
+    """KL(q || p) in closed form where TFP registers one, else None.
+
+    A standard normal prior with a Gaussian posterior has one; the learned
+    priors (`MixtureOfGaussiansPrior`, `VampPrior`) do not.
+
+    Example:
+
+    >>> q = tfd.Independent(tfd.Normal([[0.5, 0.0]], [[1.0, 2.0]]), 1)
+    >>> analytic_kl(q, tfd.MixtureSameFamily(
+    ...     tfd.Categorical(logits=[0.0, 0.0]),
+    ...     tfd.Independent(tfd.Normal([[0.0, 0.0], [1.0, 1.0]], 1.0), 1))) is None
+    True
+    """
+    try:
+        return tfd.kl_divergence(q, p)
+    except NotImplementedError:
+        return None
+
+
 def kl_divergence(q, p, z=None, seed=None, num_samples=1):
     """KL(q || p): analytic where TFP registers it, else Monte Carlo.
 
@@ -100,8 +120,7 @@ def kl_divergence(q, p, z=None, seed=None, num_samples=1):
     >>> kl_divergence(q, p).shape
     TensorShape([1])
     """
-    try:
-        return tfd.kl_divergence(q, p)
-    except NotImplementedError:
-        pass
+    kl = analytic_kl(q, p)
+    if kl is not None:
+        return kl
     return monte_carlo_kl(q, p, num_samples=num_samples, seed=seed, z=z)

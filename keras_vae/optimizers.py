@@ -1,7 +1,12 @@
-"""Optimizers: Keras's Adam with its update done by one fused kernel."""
+"""Optimizers: Keras's Adam with its update done by one fused kernel, and the
+one factory of the optimizer a training run uses (`make_optimizer`)."""
+
+import numbers
 
 import keras
 import tensorflow as tf
+
+__all__ = ["FusedAdam", "make_optimizer"]
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -53,3 +58,67 @@ class FusedAdam(keras.optimizers.Adam):
             epsilon=tf.cast(self.epsilon, dtype),
             grad=tf.cast(gradient, dtype),
         )
+
+
+def make_optimizer(learning_rate=1e-3, lr_halve_every=0, steps_per_epoch=None):
+    """The optimizer of a training run: `FusedAdam`, optionally with step decay.
+
+    `keras_vae.training.train` trains with it and `keras_vae.export` restores
+    a run's training backup with it: the backup holds the optimizer's
+    variables, which differ between a constant learning rate (a
+    `learning_rate` variable) and a schedule (none), so both sides must
+    build the same optimizer.
+
+    Args:
+        learning_rate: Positive float, the initial learning rate.
+        lr_halve_every: Non-negative int; if positive, the learning rate is
+            halved every `lr_halve_every` epochs (an `ExponentialDecay`
+            schedule, decay rate 0.5, staircase). 0 keeps it constant.
+        steps_per_epoch: Positive int, training steps per epoch. Required
+            when `lr_halve_every` is positive.
+
+    Returns:
+        A `FusedAdam` instance.
+
+    Example:
+
+    >>> optimizer = make_optimizer(1e-3, lr_halve_every=50, steps_per_epoch=390)
+    >>> round(float(optimizer.learning_rate), 6)  # at step 0; 5e-4 from step 19500
+    0.001
+    """
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, numbers.Real)
+        or not learning_rate > 0
+    ):
+        raise ValueError(
+            "Expected `learning_rate` to be a float > 0. "
+            f"Received: learning_rate={learning_rate!r}"
+        )
+    if (
+        isinstance(lr_halve_every, bool)
+        or not isinstance(lr_halve_every, numbers.Integral)
+        or lr_halve_every < 0
+    ):
+        raise ValueError(
+            "Expected `lr_halve_every` to be a non-negative integer (epochs; 0: "
+            f"constant learning rate). Received: lr_halve_every={lr_halve_every!r}"
+        )
+    if not lr_halve_every:
+        return FusedAdam(float(learning_rate))
+    if (
+        isinstance(steps_per_epoch, bool)
+        or not isinstance(steps_per_epoch, numbers.Integral)
+        or steps_per_epoch <= 0
+    ):
+        raise ValueError(
+            "Expected `steps_per_epoch` to be a positive integer with "
+            f"lr_halve_every={lr_halve_every}. Received: steps_per_epoch={steps_per_epoch!r}"
+        )
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        float(learning_rate),
+        decay_steps=int(lr_halve_every) * int(steps_per_epoch),
+        decay_rate=0.5,
+        staircase=True,
+    )
+    return FusedAdam(schedule)

@@ -13,6 +13,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 
+__all__ = [
+    "plot_all",
+    "plot_latent_space",
+    "plot_manifold",
+    "plot_reconstructions",
+    "plot_samples",
+    "plot_training_curves",
+]
+
 
 def _images(batch):
     """`[n, h, w, 1]` or `[n, h, w]` array -> `[n, h, w]` float array."""
@@ -127,7 +136,12 @@ def plot_training_curves(history, path):
             ax.plot(epochs, history[key], label="train")
         if f"val_{key}" in history:
             ax.plot(np.arange(1, len(history[f"val_{key}"]) + 1), history[f"val_{key}"], label="validation")
-        ax.set_title(f"{key} (nats per example)", fontsize=10)
+        title = f"{key} (nats per example)"
+        if key == "loss":  # what a warm-up run shows: the loss rises with beta
+            title = "loss = -(reconstruction - beta * KL): rises while beta grows"
+        elif key == "elbo":
+            title = "elbo (nats per example): the objective to watch"
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.lines:

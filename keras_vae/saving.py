@@ -6,6 +6,8 @@ import zipfile
 
 import keras
 
+__all__ = ["ModelFileError", "check_version", "load_model"]
+
 
 class ModelFileError(ValueError):
     """A `.keras` file cannot be loaded: missing, damaged or incompatible."""

@@ -39,6 +39,7 @@ Example (with a server running):
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -146,6 +147,19 @@ def _json_value(name, value):
     return array.tolist()
 
 
+def _unreachable_message(address, api, detail):
+    """The one wording of "no server there" for both clients."""
+    return (
+        f"Could not connect to TF Serving at {address}: {detail}. Is "
+        f"tensorflow_model_server running there, with that {api} port?"
+    )
+
+
+def _no_answer_message(address, what, timeout, detail):
+    """The one wording of "connected, but no answer in time"."""
+    return f"TF Serving at {address} did not answer {what} within {timeout} s: {detail}"
+
+
 def _http(request, timeout, url, what):
     """Sends `request`; returns the decoded JSON body or raises ServingError."""
     try:
@@ -165,9 +179,12 @@ def _http(request, timeout, url, what):
         ) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise ServingError(
-            f"Could not reach TF Serving at {url}: {reason}", url=url
-        ) from None
+        address = urllib.parse.urlsplit(url).netloc
+        if isinstance(reason, TimeoutError):
+            message = _no_answer_message(address, what, timeout, f"{reason} ({url})")
+        else:
+            message = _unreachable_message(address, "REST", f"{reason} ({url})")
+        raise ServingError(message, url=url) from None
     try:
         payload = json.loads(body)
     except ValueError:
@@ -221,7 +238,9 @@ def rest_predict(
 
     Raises:
         ServingError: an HTTP error (its `error` is TF Serving's "error"
-            field, e.g. a wrong shape or an unknown signature), or no server.
+            field, e.g. a wrong shape or an unknown signature); no server
+            ("Could not connect to TF Serving at <host>:<port>", `status`
+            None); or no answer within `timeout`.
 
     Example:
 
@@ -388,16 +407,22 @@ def _channel(target, max_message_bytes):
     return grpc.insecure_channel(target, options=options)
 
 
-def _rpc_error(e, target, what):
+def _rpc_error(e, target, what, timeout):
+    """A `ServingError` for a failed RPC: no connection (UNAVAILABLE, what
+    gRPC reports when nothing listens at `target`), no answer in time
+    (DEADLINE_EXCEEDED), or TF Serving's refusal (any other status)."""
+    import grpc
+
     code = e.code() if hasattr(e, "code") else None
     details = e.details() if hasattr(e, "details") else str(e)
     name = getattr(code, "name", str(code))
-    return ServingError(
-        f"TF Serving refused {what} ({name}) at {target}: {details}",
-        status=code,
-        error=details,
-        url=target,
-    )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        message = _unreachable_message(target, "gRPC", f"gRPC {name}: {details}")
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message = _no_answer_message(target, what, timeout, f"gRPC {name}: {details}")
+    else:
+        message = f"TF Serving refused {what} ({name}) at {target}: {details}"
+    return ServingError(message, status=code, error=details, url=target)
 
 
 def grpc_predict(
@@ -426,7 +451,9 @@ def grpc_predict(
     Raises:
         ServingError: the RPC failed; `status` is the `grpc.StatusCode`
             (INVALID_ARGUMENT for a bad input, NOT_FOUND for an unknown
-            model or version, UNAVAILABLE when no server listens).
+            model or version). UNAVAILABLE, when no server listens at
+            `target`, says "Could not connect to TF Serving at <target>";
+            DEADLINE_EXCEEDED says it "did not answer ... within <timeout> s".
 
     Example:
 
@@ -444,7 +471,7 @@ def grpc_predict(
         try:
             response = stub.Predict(request, timeout)
         except grpc.RpcError as e:
-            raise _rpc_error(e, target, f"signature {signature_name!r}") from None
+            raise _rpc_error(e, target, f"signature {signature_name!r}", timeout) from None
     return predict_response_to_numpy(response)
 
 
@@ -468,7 +495,7 @@ def grpc_metadata(target, model_name, version=None, timeout=10):
         try:
             response = stub.GetModelMetadata(request, timeout)
         except grpc.RpcError as e:
-            raise _rpc_error(e, target, "the metadata request") from None
+            raise _rpc_error(e, target, "the metadata request", timeout) from None
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     if not response.metadata["signature_def"].Unpack(signature_map):
         raise ServingError(

@@ -13,114 +13,48 @@ import functools
 import json
 import os
 import shutil
+import time
+import warnings
 
 import keras
 
+from keras_vae import architectures
+from keras_vae import config as config_lib
 from keras_vae import data as data_lib
 from keras_vae import saving
 from keras_vae.callbacks import KLWarmup
-from keras_vae.layers import BernoulliDecoder
-from keras_vae.layers import GaussianEncoder
+from keras_vae.models import InputError
 from keras_vae.models.vae import VAE
-from keras_vae.optimizers import FusedAdam
+from keras_vae.optimizers import make_optimizer
 
-ARCHITECTURES = ("mlp", "gated")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run depends on (saved as `config.json`)."""
-
-    dataset: str = data_lib.DEFAULT_DATASET
-    data_dir: str = None
-    architecture: str = "mlp"
-    hidden_units: tuple = (512, 256)
-    latent_dim: int = 32
-    beta: float = 1.0
-    warmup_epochs: int = 10
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    lr_halve_every: int = 0
-    patience: int = 0
-    seed: int = 0
-    output_dir: str = "runs/binarized_mnist_vae"
-    train_split: str = "train"
-    validation_split: str = "validation"
-    take: int = None
-    steps_per_execution: int = 1
-    backup_every: int = 0
-    verbose: int = 1
-
-    def __post_init__(self):
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(
-                f"Expected architecture in {ARCHITECTURES}. "
-                f"Received: architecture={self.architecture!r}"
-            )
-        self.hidden_units = tuple(int(u) for u in self.hidden_units)
-        for name in ("epochs", "batch_size", "latent_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"Expected `{name}` to be a positive integer. Received: {name}={value!r}"
-                )
-        if not self.learning_rate > 0:
-            raise ValueError(
-                f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate}"
-            )
-
-    @classmethod
-    def from_json_file(cls, path):
-        with open(path) as f:
-            return cls(**json.load(f))
-
-    def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, default=list)
+# TrainConfig lives in keras_vae.config (standard library only, so that
+# `tools/train.py --help` needs no TensorFlow); these names stay importable here.
+ARCHITECTURES = config_lib.ARCHITECTURES
+TrainConfig = config_lib.TrainConfig
 
 
 def build_vae(config, input_shape=(None, 28, 28, 1)):
     """The VAE a config describes, built for `input_shape`.
 
-    "mlp": ReLU hidden layers; "gated": linear gated layers
-    (`GatedDense`, as in the VampPrior paper). The decoder mirrors the encoder.
+    "mlp": ReLU hidden layers; "gated": linear gated layers (`GatedDense`, as
+    in the VampPrior paper); "conv": strided Conv2D / Conv2DTranspose
+    networks whose filters are `hidden_units` (see `keras_vae.architectures`).
+    The decoder mirrors the encoder.
     """
-    gated = config.architecture == "gated"
-    activation = None if gated else "relu"
-    encoder = GaussianEncoder(
-        config.latent_dim,
-        hidden_units=config.hidden_units,
-        activation=activation,
-        gated=gated,
-        name="encoder",
-    )
-    decoder = BernoulliDecoder(
-        tuple(input_shape[1:]),
-        hidden_units=tuple(reversed(config.hidden_units)),
-        activation=activation,
-        gated=gated,
-        name="decoder",
-    )
+    event_shape = tuple(input_shape[1:])
     return VAE(
-        encoder,
-        decoder,
+        architectures.make_encoder(config.architecture, config.latent_dim, config.hidden_units, event_shape),
+        architectures.make_decoder(config.architecture, config.hidden_units, event_shape),
+        prior=architectures.make_prior(
+            config.prior, config.latent_dim, config.prior_components, seed=config.seed
+        ),
         beta=config.beta,
         seed=config.seed,
+        objective=config.objective,
+        num_samples=config.num_samples,
         input_shape=input_shape,
         name="vae",
     )
-
-
-def _optimizer(config, steps_per_epoch):
-    learning_rate = config.learning_rate
-    if config.lr_halve_every:
-        learning_rate = keras.optimizers.schedules.ExponentialDecay(
-            config.learning_rate,
-            decay_steps=config.lr_halve_every * steps_per_epoch,
-            decay_rate=0.5,
-            staircase=True,
-        )
-    return FusedAdam(learning_rate)
 
 
 def paths(output_dir):
@@ -134,11 +68,129 @@ def paths(output_dir):
         "tensorboard": os.path.join(output_dir, "tensorboard"),
         "plots": os.path.join(output_dir, "plots"),
         "evaluation": os.path.join(output_dir, "evaluation.json"),
+        "status": os.path.join(output_dir, "status.json"),
     }
 
 
 class DataError(ValueError):
     """A training batch was refused (NaN, values outside the likelihood's range)."""
+
+
+def read_status(output_dir):
+    """The training status of the run in `output_dir` (a dict), or None.
+
+    `train` keeps `status.json` up to date at every epoch end and when it
+    returns: `step` (the optimizer step reached), `train_seconds` (wall time
+    of all its sessions, summed: setup and fitting, up to the last epoch end
+    of a session that crashed), `sessions` (one `{"first_step", "last_step",
+    "seconds"}` per session that trained) and `stopped_early`
+    (`{"epochs_run", "patience"}` when early stopping ended the run, else
+    None). A run that nothing was trained in since has the same status.
+    A missing or unreadable file gives None.
+    """
+    try:
+        with open(paths(output_dir)["status"]) as f:
+            status = json.load(f)
+        int(status["step"]), float(status["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return status
+
+
+class _StatusWriter(keras.callbacks.Callback):
+    """Writes the run's `status.json` (see `read_status`) at every epoch end.
+
+    Args:
+        path: The file.
+        previous: The status of the run so far (None for a new run).
+        start_time: `time.time()` when this session began.
+        first_step: The step this session starts at.
+        write: Whether this process writes (the chief only).
+    """
+
+    def __init__(self, path, previous, start_time, first_step, write):
+        super().__init__()
+        previous = previous or {}
+        self.path = path
+        self.sessions = list(previous.get("sessions", []))
+        self.seconds_before = float(previous.get("train_seconds", 0.0))
+        self.start_time = start_time
+        self.first_step = first_step
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save(int(self.model.optimizer.iterations.numpy()))
+
+    def save(self, step, stopped_early=None):
+        from keras_vae.callbacks import _write_json
+
+        seconds = round(time.time() - self.start_time, 1)
+        session = {"first_step": self.first_step, "last_step": step, "seconds": seconds}
+        status = {
+            "step": step,
+            "train_seconds": round(self.seconds_before + seconds, 1),
+            "sessions": self.sessions + [session],
+            "stopped_early": stopped_early,
+        }
+        if self.write:
+            _write_json(self.path, status)
+        return status
+
+
+def _nothing_to_train(config, step, steps_per_epoch, status):
+    """Why the run at `step` is complete (a message), or None to train on.
+
+    Complete: its `epochs` are all trained, or early stopping ended it (at this
+    very step) with a patience that `config.patience` does not exceed.
+    """
+    done = f"The run in {config.output_dir} is complete"
+    if step >= config.epochs * steps_per_epoch:
+        trained = step // steps_per_epoch
+        if trained == config.epochs:
+            what = f"epoch {trained} of {config.epochs} is trained (step {step})"
+        else:
+            what = f"{trained} epochs are trained (step {step}), more than epochs={config.epochs}"
+        return (
+            f"{done}: {what}. Nothing to train. To train it further, run again "
+            "with a larger --epochs; to start over, add --fresh."
+        )
+    stopped = (status or {}).get("stopped_early")
+    if stopped and status["step"] == step and 0 < config.patience <= stopped["patience"]:
+        return (
+            f"{done}: early stopping (patience {stopped['patience']}) ended it after "
+            f"{stopped['epochs_run']} of {config.epochs} epochs (step {step}). Nothing "
+            "to train. To train it further, run again with a larger --patience (or "
+            "--patience 0); to start over, add --fresh."
+        )
+    return None
+
+
+def _resolve_warmup(config, previous_config_path):
+    """`config` with its KL warm-up length decided (see `TrainConfig`).
+
+    Without an explicit `warmup_epochs`, a continued run keeps the one in its
+    `config.json`; a new run gets `min(10, epochs // 2)`. Warns when the
+    warm-up does not end before the last epoch.
+    """
+    warmup = config.warmup_epochs
+    if warmup is None and previous_config_path and os.path.exists(previous_config_path):
+        try:
+            warmup = TrainConfig.from_json_file(previous_config_path).warmup_epochs
+        except (OSError, ValueError, TypeError):
+            warmup = None
+    if warmup is None:
+        warmup = config_lib.default_warmup_epochs(config.epochs)
+    if warmup >= config.epochs and config.beta > 0:
+        last = KLWarmup(warmup, end=config.beta).beta_at(config.epochs - 1)
+        warnings.warn(
+            f"warmup_epochs={warmup} >= epochs={config.epochs}: beta ends at "
+            f"{last:.3g} in the last epoch, below beta={config.beta:g}, so this run "
+            "never trains on its full objective (the ELBO for beta=1). Use a "
+            "warm-up shorter than the run (e.g. --warmup-epochs "
+            f"{config_lib.default_warmup_epochs(config.epochs)}).",
+            stacklevel=3,
+        )
+    return dataclasses.replace(config, warmup_epochs=warmup)
 
 
 def train(config, fresh=False, strategy=None):
@@ -152,7 +204,17 @@ def train(config, fresh=False, strategy=None):
     from its exact step: the data stream is the same one, skipped to that
     step. The backup is kept after training ends, so running again with more
     epochs continues a finished run. `fresh=True` deletes the run's backup,
-    history and best model first.
+    history, best and last models, status and evaluation first.
+
+    A complete run (all `epochs` trained, or ended by early stopping with
+    the same `patience`) is not trained again: `train` prints so (when
+    `verbose`), writes nothing and returns its best model and history.
+    `status.json` records the step reached, how early stopping ended the run
+    and `train_seconds`, the wall time of all sessions summed (see
+    `read_status`).
+
+    KL warm-up: `config.warmup_epochs=None` is decided here (see
+    `TrainConfig`) and written to `config.json`.
 
     Errors: a NaN or infinite loss raises
     `keras_vae.callbacks.NonFiniteLossError` naming the step and the last good
@@ -179,6 +241,7 @@ def train(config, fresh=False, strategy=None):
     from keras_vae.callbacks import TrainingBackup
     from keras_vae.distribute import is_chief
 
+    start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
     distribute.check_steps_per_execution(strategy, config.steps_per_execution)
     chief = is_chief(strategy)
@@ -186,7 +249,7 @@ def train(config, fresh=False, strategy=None):
     files = paths(config.output_dir)
     if fresh and chief:
         shutil.rmtree(files["backup"], ignore_errors=True)
-        for key in ("history", "best", "last"):
+        for key in ("history", "best", "last", "status", "evaluation"):
             if os.path.exists(files[key]):
                 os.remove(files[key])
 
@@ -225,7 +288,9 @@ def train(config, fresh=False, strategy=None):
     with strategy.scope():
         model = build_vae(config)
         model.compile(
-            optimizer=_optimizer(config, steps_per_epoch),
+            optimizer=make_optimizer(
+                config.learning_rate, config.lr_halve_every, steps_per_epoch
+            ),
             steps_per_execution=config.steps_per_execution,
         )
         restore = not (fresh and chief)
@@ -234,6 +299,17 @@ def train(config, fresh=False, strategy=None):
         distribute.check_workers_agree(strategy, latest["step"] if latest else 0, files["backup"])
         state = backup.restore(model) if restore else None
     step = state["step"] if state else 0
+    status = read_status(config.output_dir) if state is not None else None
+    finished = None
+    if state is not None:
+        finished = _nothing_to_train(config, step, steps_per_epoch, status)
+    if finished:
+        if config.verbose:
+            print(finished)
+        if chief and os.path.exists(files["best"]):
+            model = saving.load_model(files["best"])
+        return model, read_history(files["history"])
+    config = _resolve_warmup(config, files["config"] if state is not None else None)
     if chief:
         os.makedirs(config.output_dir, exist_ok=True)
         if state is None and os.path.exists(files["history"]):
@@ -260,6 +336,7 @@ def train(config, fresh=False, strategy=None):
     previous = read_history(files["history"]).get(monitor) if state else None
     if previous:
         best_checkpoint.best = max(previous)  # do not overwrite a better model
+    status_writer = _StatusWriter(files["status"], status, start_time, step, write=chief)
     callbacks = [
         KLWarmup(config.warmup_epochs, end=config.beta),
         StopOnNonFiniteLoss(backup, steps_per_epoch=steps_per_epoch),
@@ -267,6 +344,7 @@ def train(config, fresh=False, strategy=None):
         best_checkpoint,
         keras.callbacks.CSVLogger(side["history"], append=True),
         keras.callbacks.TensorBoard(side["tensorboard"]),
+        status_writer,
     ]
     early_stopping = None
     if config.patience:
@@ -296,24 +374,32 @@ def train(config, fresh=False, strategy=None):
                 verbose=config.verbose,
                 shuffle=False,  # the dataset shuffles itself
             )
-        except ValueError as e:
-            if "at training step" not in str(e):
+        except InputError as e:
+            if e.step is None:
                 raise
-            bad = int(model.optimizer.iterations.numpy())
-            epoch, batch = divmod(bad, steps_per_epoch)
+            epoch, batch = divmod(e.step, steps_per_epoch)
             raise DataError(
                 f"Bad training data in {config.dataset}[{config.train_split}], "
                 f"epoch {epoch}, batch {batch} (of {steps_per_epoch} per epoch): {e}"
             ) from None
 
+    def stopped_early():
+        # EarlyStopping forgets this when the next fit begins.
+        if early_stopping is None or early_stopping.stopped_epoch <= 0:
+            return None
+        return {"epochs_run": early_stopping.stopped_epoch + 1, "patience": config.patience}
+
     epoch, batch = divmod(step, steps_per_epoch)
+    stopped = None
     if batch and epoch < config.epochs:
         # Finish the interrupted epoch first, from the step it stopped at.
         fit(step, epoch, epoch + 1, steps_per_epoch - batch)
+        stopped = stopped_early()
         epoch += 1
-    stopped = early_stopping is not None and early_stopping.stopped_epoch > 0
     if epoch < config.epochs and not stopped:
         fit(epoch * steps_per_epoch, epoch, config.epochs, steps_per_epoch)
+        stopped = stopped_early()
+    status_writer.save(int(model.optimizer.iterations.numpy()), stopped_early=stopped)
     if not chief:
         shutil.rmtree(os.path.dirname(side["best"]), ignore_errors=True)
         return model, read_history(files["history"])
@@ -338,3 +424,48 @@ def read_history(path):
         for key, value in rows[epoch].items():
             history.setdefault(key, []).append(float(value))
     return history
+
+
+def summarize(history, beta=1.0):
+    """A few lines on a run's history: the KL weight reached and the best ELBO.
+
+    The loss, `-(reconstruction - beta * KL)`, rises while the KL warm-up
+    raises beta: it is not the quantity to judge a run by. The ELBO (`elbo`,
+    `val_elbo`) is the objective, the same at every beta.
+
+    Args:
+        history: Per-epoch lists, as `read_history` gives them.
+        beta: The run's final KL weight (`TrainConfig.beta`).
+
+    Returns:
+        A string of lines (epochs counted from 1, as Keras prints them).
+
+    Example:
+
+    >>> print(summarize({"beta": [0.0, 0.5, 1.0, 1.0], "val_elbo": [-200.0, -150.0, -120.0, -118.0]}))
+    KL warm-up: beta went from 0 to 1 and is 1 from epoch 3 of 4 on. The loss, -(reconstruction - beta * KL), rises while beta grows: watch the ELBO (elbo, val_elbo), the objective.
+    Best validation ELBO: -118.00 nats (epoch 4 of 4).
+    """
+    lines = []
+    betas = history.get("beta", [])
+    if betas:
+        full = next((i for i, b in enumerate(betas) if b >= beta - 1e-6), None)
+        if full is None:
+            lines.append(
+                f"KL warm-up: beta ended at {betas[-1]:.3g}, below {beta:g}: no epoch "
+                "trained on the full objective (the warm-up is as long as the run)."
+            )
+        elif full > 0:
+            lines.append(
+                f"KL warm-up: beta went from {betas[0]:g} to {beta:g} and is {beta:g} "
+                f"from epoch {full + 1} of {len(betas)} on. The loss, -(reconstruction - "
+                "beta * KL), rises while beta grows: watch the ELBO (elbo, val_elbo), "
+                "the objective."
+            )
+    key = "val_elbo" if history.get("val_elbo") else "elbo"
+    values = history.get(key)
+    if values:
+        best = max(range(len(values)), key=values.__getitem__)
+        which = "validation ELBO" if key == "val_elbo" else "training ELBO"
+        lines.append(f"Best {which}: {values[best]:.2f} nats (epoch {best + 1} of {len(values)}).")
+    return "\n".join(lines)

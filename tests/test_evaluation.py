@@ -340,6 +340,37 @@ def test_evaluate_reports_consistent_terms_over_a_dataset(latent3_vae, module_pr
     np.testing.assert_allclose(per["kl"], expected_kl, rtol=1e-4, atol=1e-5)
 
 
+def test_progress_bar_shows_the_running_mean_nll_and_ends_on_the_reported_one(
+    latent3_vae, module_prototype_images, monkeypatch, capsys
+):
+    """The bar's "nll" after batch i is the mean over the examples of batches
+    0..i (a partial last batch weighs by its examples), shown as given: its
+    last value, on screen too, is the NLL `evaluate` returns."""
+    given = []
+
+    class RecordingProgbar(keras.utils.Progbar):
+        def update(self, current, values=None, finalize=None):
+            given.append(dict(values or []))
+            super().update(current, values, finalize)
+
+    monkeypatch.setattr(keras.utils, "Progbar", RecordingProgbar)
+    x = module_prototype_images[0][:36]
+    batches = [x[:16], x[16:32], x[32:]]  # 16, 16 and a partial 4
+    results = evaluation.evaluate(
+        latent3_vae, batches, num_samples=20, verbose=1, return_per_example=True
+    )
+    per_example_nll = -results["per_example"]["log_likelihood"].astype(np.float64)
+    # Means of ~50-nat values over <= 36 examples, summed in float64 in two
+    # different orders: they agree to ~1e-13.
+    expected = [per_example_nll[:end].mean() for end in (16, 32, 36)]
+    np.testing.assert_allclose([v["nll"] for v in given], expected, rtol=0, atol=1e-9)
+    assert given[-1]["nll"] == results["nll"]
+    # Not the last batch's own mean: the test would not tell them apart otherwise.
+    assert abs(per_example_nll[32:].mean() - results["nll"]) > 0.01
+    # What the bar prints (4 decimals) is the reported figure.
+    assert f"nll: {results['nll']:.4f}" in capsys.readouterr().out
+
+
 def test_evaluate_counts_active_units_as_dims_with_posterior_mean_variance_above_001(
     latent3_vae, module_prototype_images
 ):

@@ -24,6 +24,7 @@ import importlib.util
 import io
 import os
 import shutil
+import stat
 import types
 from unittest import mock
 
@@ -43,6 +44,7 @@ from keras_vae.callbacks import TrainingBackup
 from keras_vae.layers import BernoulliDecoder
 from keras_vae.layers import GaussianDecoder
 from keras_vae.layers import GaussianEncoder
+from keras_vae.optimizers import FusedAdam
 
 EVENT = (28, 28, 1)
 GAUSSIAN_EVENT = (12,)
@@ -785,3 +787,273 @@ def test_tools_export_main_end_to_end(exports, keras_file, capsys):
         _export_tool().main([keras_file, "--base-dir", case.base, "--version", "1"])
     assert export.existing_versions(case.base) == [1]
     assert _tree_digest(case.path) == case.digest
+
+
+# ------------------------------------------------------------- file modes
+
+
+def _modes(path):
+    """`{relative path: permission bits}` of `path` and everything under it."""
+    modes = {".": stat.S_IMODE(os.stat(path).st_mode)}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            modes[os.path.relpath(full, path)] = stat.S_IMODE(os.stat(full).st_mode)
+    return modes
+
+
+@pytest.mark.parametrize(
+    "umask, dir_mode, file_mode",
+    [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)],
+    ids=["umask022", "umask027"],
+)
+def test_export_has_the_modes_the_umask_gives_new_files(tmp_path, umask, dir_mode, file_mode):
+    """Under the usual umask 022 a TF Serving running as another user can
+    read every directory and file of the export; a stricter umask is kept."""
+    model = _bernoulli_vae(seed=0)
+    previous = os.umask(umask)
+    try:
+        path = export.export_for_serving(model, str(tmp_path / "vae"))
+    finally:
+        os.umask(previous)
+    modes = _modes(path)
+    assert "variables" in modes and "saved_model.pb" in modes
+    expected = {
+        name: dir_mode if os.path.isdir(os.path.join(path, name)) else file_mode
+        for name in modes
+    }
+    assert {name: oct(m) for name, m in modes.items()} == {
+        name: oct(m) for name, m in expected.items()
+    }
+    assert stat.S_IMODE(os.stat(tmp_path / "vae").st_mode) == dir_mode
+
+
+# ------------------------------------------ a run with a learning-rate schedule
+
+
+def test_a_run_trained_with_lr_halve_every_restores_from_its_backup_and_exports(mock_tfds, tmp_path):
+    """Training with `lr_halve_every` uses FusedAdam with an ExponentialDecay
+    schedule (no `learning_rate` variable); export's restore of such a run's
+    backup must build the same optimizer (`keras_vae.optimizers.make_optimizer`)
+    to read the backup's optimizer state."""
+    run = str(tmp_path / "run")
+    config = training.TrainConfig(
+        hidden_units=(16,), latent_dim=LATENT, epochs=2, batch_size=32, take=64,
+        lr_halve_every=1, warmup_epochs=0, output_dir=run, verbose=0,
+    )  # fmt: skip
+    with mock_tfds(num_examples=64, max_value=2):
+        training.train(config)
+    files = training.paths(run)
+    last = keras_vae.saving.load_model(files["last"])
+    os.remove(files["best"])  # as if the run had no best.keras yet
+    model = export.load_model_or_run(run)
+    assert isinstance(model.optimizer, FusedAdam)
+    assert int(model.optimizer.iterations) == 4  # 2 epochs of 2 batches
+    # The run's schedule: halved after each epoch of 2 steps, so at step 4
+    # the rate is 1e-3 / 4 (float32: relative rounding ~6e-8).
+    np.testing.assert_allclose(
+        float(model.optimizer.learning_rate), config.learning_rate / 4, rtol=1e-6
+    )
+    # The backup of step 4 holds the weights last.keras was saved with.
+    for restored, saved in zip(model.get_weights(), last.get_weights()):
+        np.testing.assert_array_equal(restored, saved)
+    path = export.export_for_serving(model, str(tmp_path / "saved_models" / "vae"))
+    assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+# ------------------------------------------- the description (assets/keras_vae.json)
+
+import json  # noqa: E402
+
+import tensorflow_probability as tfp  # noqa: E402
+
+tfd = tfp.distributions
+
+
+def _description_file(path):
+    return os.path.join(path, export.DESCRIPTION_FILE)
+
+
+def _copy_export(case, tmp_path):
+    """A copy of `case`'s version directory, to edit its description."""
+    path = str(tmp_path / "1")
+    shutil.copytree(case.path, path)
+    return path
+
+
+def _rewrite_description(path, **changes):
+    with open(_description_file(path)) as f:
+        description = json.load(f)
+    description.update(changes)
+    with open(_description_file(path), "w") as f:
+        json.dump(description, f)
+    return description
+
+
+@pytest.mark.parametrize("name", ["built", "gaussian"])
+def test_the_export_holds_its_description_as_an_asset(exports, name):
+    case = exports(name)
+    assert os.path.dirname(export.DESCRIPTION_FILE) == "assets"
+    with open(_description_file(case.path)) as f:
+        description = json.load(f)
+    assert description == export.describe(case.model)
+    assert description["format"] == export.DESCRIPTION_FORMAT
+    assert description["keras_vae_version"] == keras_vae.__version__
+    assert description["event_shape"] == list(case.event)
+    assert description["latent_dim"] == LATENT
+    assert description["signatures"] == list(export.SIGNATURES)
+    if name == "gaussian":
+        assert description["likelihood"] == {"name": "gaussian", "scale": None, "min_scale": 1e-3}
+        assert description["decoder"]["class_name"] == "GaussianDecoder"
+    else:
+        assert description["likelihood"] == {"name": "bernoulli"}
+        assert description["decoder"]["class_name"] == "BernoulliDecoder"
+    assert description["prior"]["registered_name"] == "keras_vae>StandardNormalPrior"
+    assert description["prior"]["config"]["latent_dim"] == LATENT
+    prior = keras.saving.deserialize_keras_object(description["prior"])
+    assert isinstance(prior, keras_vae.StandardNormalPrior) and prior.latent_dim == LATENT
+    for role in ("encoder", "decoder"):
+        assert description[role]["custom_network"] is False
+        assert description[role]["hidden_units"] == list(HIDDEN)
+        assert description[role]["gated"] is False
+        assert "network" not in description[role]
+    assert description["encoder"]["registered_name"] == "keras_vae>GaussianEncoder"
+    # The loads TF Serving and users make still read the export as before.
+    assert set(export.SIGNATURES) <= set(case.loaded.signatures)
+    assert "serve" in case.graph.meta.meta_info_def.tags
+    assert export.read_description(case.path) == description
+    assert export.ExportedVAE(case.path).description == description
+
+
+def test_a_fixed_scale_gaussian_likelihood_is_described_with_its_scale():
+    keras.utils.set_random_seed(0)
+    model = keras_vae.VAE(
+        GaussianEncoder(LATENT, hidden_units=HIDDEN),
+        GaussianDecoder(GAUSSIAN_EVENT, hidden_units=HIDDEN, scale=0.25),
+        input_shape=(None,) + GAUSSIAN_EVENT,
+    )
+    assert export.describe(model)["likelihood"] == {"name": "gaussian", "scale": 0.25, "min_scale": 1e-3}
+
+
+def test_exported_vae_takes_the_prior_from_the_description_not_from_its_values(exports, tmp_path):
+    """The `prior_log_prob` of this export is N(0, I); a description naming
+    another prior makes ExportedVAE call the signature (no analytic KL), where
+    it used to decide by probing the signature with numbers."""
+    case = exports("built")
+    assert isinstance(export.ExportedVAE(case.path).prior.distribution(), tfd.Independent)
+    path = _copy_export(case, tmp_path)
+    _rewrite_description(
+        path, prior={"class_name": "LearnedPrior", "registered_name": "my_package>LearnedPrior", "config": {}}
+    )
+    exported = export.ExportedVAE(path)
+    prior = exported.prior.distribution()
+    assert not isinstance(prior, tfd.Distribution)
+    z = np.stack([case.z, case.z])  # [S, B, L]
+    np.testing.assert_allclose(
+        prior.log_prob(z).numpy(), case.model.prior.distribution().log_prob(z).numpy(), **TOL
+    )
+
+
+def test_exported_vae_rebuilds_the_likelihood_the_description_names(exports, tmp_path):
+    case = exports("built")
+    p = export.ExportedVAE(case.path).decoder(case.z)
+    assert isinstance(p.distribution, tfd.Bernoulli)
+    path = _copy_export(case, tmp_path)
+    _rewrite_description(path, likelihood={"name": "gaussian", "scale": None, "min_scale": 1e-3})
+    with pytest.raises(ValueError, match=r"decode signature of a gaussian likelihood .*Received outputs: \['logits', 'mean'\]"):
+        export.ExportedVAE(path)
+    _rewrite_description(path, likelihood={"name": None, "distribution": "Independent"})
+    exported = export.ExportedVAE(path)
+    with pytest.raises(ValueError, match="Bernoulli or Gaussian likelihood"):
+        exported.decoder(case.z)
+
+
+def test_exported_vae_refuses_a_description_that_disagrees_or_is_newer(exports, tmp_path):
+    case = exports("built")
+    path = _copy_export(case, tmp_path)
+    original = export.read_description(path)
+    _rewrite_description(path, latent_dim=LATENT + 1)
+    with pytest.raises(ValueError, match="latent_dim=3"):
+        export.ExportedVAE(path)
+    _rewrite_description(path, latent_dim=LATENT, format=export.DESCRIPTION_FORMAT + 1)
+    with pytest.raises(ValueError, match="format <= 1.*upgrade keras_vae"):
+        export.ExportedVAE(path)
+    with open(_description_file(path), "w") as f:
+        f.write("{not json")
+    with pytest.raises(ValueError, match="does not parse"):
+        export.read_description(path)
+    with open(_description_file(path), "w") as f:
+        f.write("[1, 2]")
+    with pytest.raises(ValueError, match="a JSON object with an integer `format`"):
+        export.read_description(path)
+    assert original["format"] == export.DESCRIPTION_FORMAT
+
+
+def test_an_export_without_description_is_read_by_inference(exports, tmp_path):
+    """Exports written before the description existed (the shipped v1) have
+    none: ExportedVAE infers it from the signatures and says so."""
+    for name, likelihood in (("built", "bernoulli"), ("gaussian", "gaussian")):
+        case = exports(name)
+        path = _copy_export(case, tmp_path / name)
+        os.remove(_description_file(path))
+        assert export.read_description(path) is None
+        exported = export.ExportedVAE(path)
+        description = exported.description
+        assert description["inferred"] is True and description["format"] is None
+        assert description["likelihood"] == {"name": likelihood}
+        assert description["prior"]["registered_name"] == "keras_vae>StandardNormalPrior"
+        assert description["event_shape"] == list(case.event) and description["latent_dim"] == LATENT
+        assert isinstance(exported.prior.distribution(), tfd.Independent)  # analytic KL
+        described = export.ExportedVAE(case.path)
+        x = case.x[:1]
+        np.testing.assert_array_equal(
+            exported.decoder(case.z).log_prob(x).numpy(), described.decoder(case.z).log_prob(x).numpy()
+        )
+
+
+def test_the_shipped_export_is_read_by_inference():
+    path = os.path.join(os.path.dirname(__file__), "..", "saved_models", "binarized_mnist_vae", "1")
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        pytest.skip("the shipped export is not in this checkout")
+    exported = export.ExportedVAE(path)
+    description = exported.description
+    assert description["inferred"] is True
+    assert description["likelihood"] == {"name": "bernoulli"}
+    assert description["prior"]["class_name"] == "StandardNormalPrior"
+    assert description["event_shape"] == [28, 28, 1] and exported.input_event_shape == (28, 28, 1)
+    assert isinstance(exported.prior.distribution(), tfd.Independent)
+    x = (np.random.default_rng(0).random((2, 28, 28, 1)) < 0.2).astype("float32")
+    p = exported.decoder(exported.encode(x).mean())
+    assert p.batch_shape == [2] and p.event_shape == [28, 28, 1]
+    assert np.all(np.isfinite(p.log_prob(x).numpy()))
+
+
+class _UnitNormalDecoder(keras.layers.Layer):
+    """A decoder not from keras_vae: N(Dense(z), 1) over 12-vectors."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(GAUSSIAN_EVENT[0])
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, z, training=False):
+        loc = self.dense(z)
+        return tfd.Independent(tfd.Normal(loc, tf.ones_like(loc)), 1)
+
+
+def test_a_decoder_not_from_keras_vae_is_described_by_its_distribution():
+    keras.utils.set_random_seed(0)
+    model = keras_vae.VAE(
+        GaussianEncoder(LATENT, hidden_units=HIDDEN),
+        _UnitNormalDecoder(),
+        input_shape=(None,) + GAUSSIAN_EVENT,
+    )
+    description = export.describe(model)
+    assert description["likelihood"] == {"name": "gaussian", "distribution": "Normal"}
+    assert description["decoder"] == {
+        "class_name": "_UnitNormalDecoder",
+        "registered_name": keras.saving.get_registered_name(_UnitNormalDecoder),
+        "custom_network": None,
+    }

@@ -24,6 +24,7 @@ from keras_vae.callbacks import BackupError
 from keras_vae.callbacks import NonFiniteLossError
 from keras_vae.callbacks import StopOnNonFiniteLoss
 from keras_vae.callbacks import TrainingBackup
+from keras_vae.models import InputError
 
 from conftest import shared_data_dir
 
@@ -202,8 +203,14 @@ def test_a_nan_pixel_is_a_data_error_naming_the_step_and_is_not_trained_on(make_
     model = make_vae(input_shape=(None, 8, 8, 1))
     x = binary_images.copy()
     x[37, 2, 3, 0] = np.nan  # batch 2 of 16
-    with pytest.raises(ValueError, match=r"Received at training step 2 a batch with min, max, any NaN = nan nan 1 \(refused"):
+    with pytest.raises(InputError, match=r"Received at training step 2 a batch with min, max, any NaN = nan nan 1 \(refused") as error:
         model.fit(x, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert error.value.step == 2  # typed: no parsing of the message
+    eager = make_vae(input_shape=(None, 8, 8, 1), compile=False)
+    eager.compile(optimizer="adam", run_eagerly=True)
+    with pytest.raises(InputError, match="at training step 2") as error:  # the same, eagerly
+        eager.fit(x, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert error.value.step == 2
     before = model_state(model)
     with pytest.raises(ValueError, match="refused"):
         model.fit(x[32:48], epochs=1, batch_size=16, verbose=0)

@@ -1,4 +1,5 @@
-"""FusedAdam against keras.optimizers.Adam, and LogitBernoulli against TFP."""
+"""FusedAdam against keras.optimizers.Adam, the run optimizer factory
+`make_optimizer`, and LogitBernoulli against TFP."""
 
 import keras
 import numpy as np
@@ -9,6 +10,7 @@ import tensorflow_probability as tfp
 import keras_vae
 from keras_vae.layers.decoders import LogitBernoulli
 from keras_vae.optimizers import FusedAdam
+from keras_vae.optimizers import make_optimizer
 
 tfd = tfp.distributions
 
@@ -55,6 +57,41 @@ def test_fused_adam_is_the_vae_default_and_survives_save_and_load(make_vae, bina
     loaded = keras_vae.saving.load_model(tmp_path / "vae.keras")
     assert isinstance(loaded.optimizer, FusedAdam)
     assert FusedAdam.from_config(vae.optimizer.get_config()).get_config() == vae.optimizer.get_config()
+
+
+def test_make_optimizer_constant_rate_or_halved_every_n_epochs():
+    constant = make_optimizer(2e-3)
+    assert isinstance(constant, FusedAdam)
+    assert float(constant.learning_rate) == pytest.approx(2e-3, rel=1e-6)  # float32
+    decayed = make_optimizer(2e-3, lr_halve_every=3, steps_per_epoch=5)
+    assert isinstance(decayed, FusedAdam)
+    assert decayed.get_config()["learning_rate"]["class_name"] == "ExponentialDecay"
+    # Halved after every 3 epochs of 5 steps (staircase): the rate at step s.
+    rates = []
+    for step in (0, 14, 15, 29, 30):
+        decayed.iterations.assign(step)
+        rates.append(float(decayed.learning_rate))
+    np.testing.assert_allclose(rates, [2e-3, 2e-3, 1e-3, 1e-3, 5e-4], rtol=1e-6)
+    # The two differ in their variables, which a training backup holds: a
+    # run is restored with the optimizer it was trained with.
+    names = lambda optimizer: {v.name for v in optimizer.variables}  # noqa: E731
+    assert "learning_rate" in names(constant) and "learning_rate" not in names(decayed)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"learning_rate": True}, "learning_rate"),
+        ({"lr_halve_every": -1}, "lr_halve_every"),
+        ({"lr_halve_every": 1.5}, "lr_halve_every"),
+        ({"lr_halve_every": 2}, r"steps_per_epoch.*Received: steps_per_epoch=None"),
+        ({"lr_halve_every": 2, "steps_per_epoch": 0}, "steps_per_epoch"),
+    ],
+)
+def test_make_optimizer_refuses_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_optimizer(**kwargs)
 
 
 def test_logit_bernoulli_log_prob_and_gradient_match_tfp():

@@ -464,9 +464,13 @@ def test_rest_predict_errors_are_clear_and_the_server_keeps_serving(served, rest
 
 def test_rest_predict_without_a_server():
     with socket_closed_port() as port:
-        with pytest.raises(serving.ServingError, match="Could not reach") as info:
+        with pytest.raises(serving.ServingError) as info:
             serving.rest_predict("127.0.0.1", port, MODEL_NAME, "sample", {"num": 1}, timeout=2)
+    message = str(info.value)
+    assert message.startswith(f"Could not connect to TF Serving at 127.0.0.1:{port}: "), message
+    assert "Connection refused" in message and "REST port" in message, message
     assert info.value.status is None
+    assert info.value.url == serving.rest_url("127.0.0.1", port, MODEL_NAME)
 
 
 class socket_closed_port:
@@ -542,11 +546,44 @@ def test_grpc_predict_errors_carry_the_status(served, grpc_target):
     assert signatures["decode"]["inputs"]["z"] == {"dtype": "DT_FLOAT", "shape": [-1, LATENT]}
 
 
-def test_grpc_predict_without_a_server():
+@pytest.mark.parametrize("call", ["predict", "metadata"])
+def test_grpc_without_a_server_says_it_could_not_connect_and_where(call):
     with socket_closed_port() as port:
+        target = f"127.0.0.1:{port}"
         with pytest.raises(serving.ServingError) as info:
-            serving.grpc_predict(f"127.0.0.1:{port}", MODEL_NAME, "sample", {"num": 1}, timeout=2)
-    assert info.value.status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            if call == "predict":
+                serving.grpc_predict(target, MODEL_NAME, "sample", {"num": 1}, timeout=2)
+            else:
+                serving.grpc_metadata(target, MODEL_NAME, timeout=2)
+    message = str(info.value)
+    # A refused connection fails the RPC at once with UNAVAILABLE (no wait
+    # for the deadline): not a refusal by TF Serving.
+    assert info.value.status == grpc.StatusCode.UNAVAILABLE
+    assert message.startswith(f"Could not connect to TF Serving at {target}: gRPC UNAVAILABLE"), message
+    assert "refused signature" not in message and "gRPC port" in message, message
+    assert info.value.url == target
+
+
+@pytest.mark.parametrize("client", ["rest", "grpc"])
+def test_a_server_that_never_answers_is_a_timeout_naming_the_address(client):
+    """A socket that accepts connections and never answers (a hung server)."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        with pytest.raises(serving.ServingError) as info:
+            if client == "rest":
+                serving.rest_predict("127.0.0.1", port, MODEL_NAME, "sample", {"num": 1}, timeout=1)
+            else:
+                serving.grpc_predict(f"127.0.0.1:{port}", MODEL_NAME, "sample", {"num": 1}, timeout=1)
+    message = str(info.value)
+    assert message.startswith(
+        f"TF Serving at 127.0.0.1:{port} did not answer signature 'sample' within 1 s: "
+    ), message
+    if client == "grpc":
+        assert info.value.status == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 # ------------------------------------------------------ serving/models.config

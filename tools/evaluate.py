@@ -9,32 +9,53 @@ Example:
 
     python tools/evaluate.py saved_models/binarized_mnist_vae/1 \\
         --data-dir ../shared/tensorflow_datasets --split validation --samples 5000
+
+The JSON goes beside MODEL (for an export, beside its version directory, never
+in it), named after what was evaluated: evaluation-v1-validation.json for
+version 1 on the whole validation split with the defaults, and
+evaluation-v1-validation-k100-n2000.json for --samples 100 --take 2000 (other
+settings add -<dataset>, -seed<S>). An existing file of a different evaluation
+(other model file, dataset, splits, k, examples or seed) is never replaced:
+the command stops before evaluating; --output PATH writes elsewhere (or
+replaces PATH on purpose). Re-running the same evaluation rewrites its file,
+keeping any other fields it holds.
 """
 
-import argparse
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [TOOLS, os.path.dirname(TOOLS)]  # tools/_cli.py; this checkout's keras_vae
+import _cli  # noqa: E402
+
+DEFAULT_DATASET = _cli.config_module().DEFAULT_DATASET
+DEFAULT_SAMPLES = 5000
+DEFAULT_SEED = 0
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _cli.parser(__doc__)
     parser.add_argument("model", help=".keras file, run directory or export version directory")
-    parser.add_argument("--dataset", default="binarized_mnist")
-    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    parser.add_argument("--split", action="append", default=None, help="split(s) to evaluate (default: validation)")
-    parser.add_argument("--samples", type=int, default=5000, help="importance samples k per example (default 5000)")
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--take", type=int, default=None, help="only the first N examples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=None, help="JSON file (default: evaluation-<split>.json beside MODEL)")
-    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1))
-    return parser.parse_args(argv)
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, choices=_cli.config_module().DATASETS, help="TFDS dataset")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+    parser.add_argument("--split", action="append", default=None, help="split to evaluate, repeatable (default: validation)")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="importance samples k per example")
+    parser.add_argument("--batch-size", type=int, default=100, help="examples per batch")
+    parser.add_argument("--take", type=int, default=None, help="only the first N examples of each split (default: all)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the samples")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON file, written even if it exists (default: beside MODEL, named after "
+        "the evaluation, never replacing a different one; see above)",
+    )
+    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1), help="progress bar")
+    args = _cli.parse_args(parser, argv)
+    args.split = args.split or ["validation"]
+    if args.samples <= 0 or args.batch_size <= 0 or (args.take is not None and args.take <= 0):
+        parser.error("--samples, --batch-size and --take must be positive")
+    return args
 
 
 def load(path):
@@ -46,32 +67,130 @@ def load(path):
     return export.load_model_or_run(path)
 
 
-def default_output(model_path, splits):
-    """Beside the model; for an export, beside its version directory, never in
-    it (TF Serving may be serving it)."""
+def default_output(model_path, splits, dataset=DEFAULT_DATASET, samples=DEFAULT_SAMPLES, take=None, seed=DEFAULT_SEED):
+    """Where the evaluation goes without --output: a name that says what it is.
+
+    `evaluation-<model>-<splits>[-<dataset>][-k<samples>][-n<take>][-seed<seed>].json`,
+    each bracketed part only when not the default. <model> is `v<version>` for
+    an export version directory (the file goes beside it, never in it: TF
+    Serving may be serving it), the file's stem for a .keras file (beside
+    it), and nothing for a run directory (in it).
+    """
     path = os.path.abspath(model_path.rstrip("/"))
-    name = f"evaluation-{'-'.join(splits)}.json"
+    parts = ["evaluation"]
     if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return os.path.join(os.path.dirname(path), f"evaluation-v{os.path.basename(path)}-{'-'.join(splits)}.json")
-    return os.path.join(path if os.path.isdir(path) else os.path.dirname(path), name)
+        directory = os.path.dirname(path)
+        parts.append(f"v{os.path.basename(path)}")
+    elif os.path.isdir(path):
+        directory = path
+    else:
+        directory = os.path.dirname(path)
+        parts.append(os.path.splitext(os.path.basename(path))[0])
+    parts.extend(splits)
+    if dataset != DEFAULT_DATASET:
+        parts.append(dataset)
+    if samples != DEFAULT_SAMPLES:
+        parts.append(f"k{samples}")
+    if take is not None:
+        parts.append(f"n{take}")
+    if seed != DEFAULT_SEED:
+        parts.append(f"seed{seed}")
+    return os.path.join(directory, "-".join(parts) + ".json")
+
+
+def describe(record):
+    """What an evaluation file describes: dataset, seed and, per split, k and
+    the number of examples. (Files written before the seed was recorded were
+    written with the default seed.)"""
+    return {
+        "dataset": record.get("dataset"),
+        "seed": record.get("seed", DEFAULT_SEED),
+        "splits": {
+            split: {"num_samples": r.get("num_samples"), "num_examples": r.get("num_examples")}
+            for split, r in (record.get("splits") or {}).items()
+        },
+    }
+
+
+def _planned(args):
+    """`describe` of the evaluation `args` ask for, before running it."""
+    from keras_vae import data
+
+    splits = {}
+    for split in args.split:
+        try:
+            size = data.num_examples(args.dataset, split, args.data_dir)
+        except (KeyError, ValueError, OSError):  # an unknown split: data.load reports it
+            size = None
+        if size is not None and args.take is not None:
+            size = min(size, args.take)
+        splits[split] = {"num_samples": args.samples, "num_examples": size}
+    return {"dataset": args.dataset, "seed": args.seed, "splits": splits}
+
+
+def _summary(description):
+    return ", ".join(
+        f"{split}: k={s['num_samples']} on {s['num_examples']} examples"
+        for split, s in description["splits"].items()
+    ) + f" of {description['dataset']}, seed {description['seed']}"
+
+
+def check_output(path, args):
+    """The record already at the default `path` if it holds this same
+    evaluation (its other fields are kept), {} if there is none.
+
+    Raises:
+        ValueError: `path` holds a different evaluation (or is unreadable).
+    """
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            existing = json.load(f)
+        found = describe(existing)
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"Expected {path} to be an evaluation file to update. Received: a file "
+            f"that cannot be read as one ({e}). Not overwritten: pass --output PATH."
+        ) from None
+    planned = _planned(args)
+    same = found["dataset"] == planned["dataset"] and found["seed"] == planned["seed"]
+    same = same and list(found["splits"]) == list(planned["splits"])
+    for split, p in planned["splits"].items():
+        f = found["splits"].get(split, {})
+        same = same and f.get("num_samples") == p["num_samples"]
+        same = same and (p["num_examples"] is None or f.get("num_examples") == p["num_examples"])
+    if not same:
+        raise ValueError(
+            f"Expected {path} to hold the same evaluation, to replace it. Received: "
+            f"it holds {_summary(found)}; this one is {_summary(planned)}. Not "
+            "overwritten and not evaluated: pass --output PATH to write this "
+            "evaluation elsewhere (or to replace that file on purpose)."
+        )
+    return existing
 
 
 def main(argv=None):
     args = parse_args(argv)
     from keras_vae import data, evaluation
 
+    output = args.output
+    record = {}
+    if output is None:
+        output = default_output(args.model, args.split, args.dataset, args.samples, args.take, args.seed)
+        record = check_output(output, args)  # before the (long) evaluation
     model = load(args.model)
     results = {}
-    for split in args.split or ["validation"]:
+    for split in args.split:
         ds = data.load(args.dataset, split, batch_size=args.batch_size, shuffle=False, data_dir=args.data_dir, take=args.take)
         results[split] = evaluation.evaluate(model, ds, num_samples=args.samples, seed=args.seed, verbose=args.verbose)
     print(evaluation.format_table(results))
-    output = args.output or default_output(args.model, list(results))
+    record.update({"model": args.model, "dataset": args.dataset, "seed": args.seed, "take": args.take, "splits": results})
     with open(output, "w") as f:
-        json.dump({"model": args.model, "dataset": args.dataset, "splits": results}, f, indent=2)
+        json.dump(record, f, indent=2)
     print(f"Wrote {output}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

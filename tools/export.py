@@ -10,22 +10,20 @@ Example:
         --base-dir saved_models/binarized_mnist_vae
 """
 
-import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [TOOLS, os.path.dirname(TOOLS)]  # tools/_cli.py; this checkout's keras_vae
+import _cli  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _cli.parser(__doc__)
     parser.add_argument("model", help=".keras file or training run directory")
     parser.add_argument("--base-dir", required=True, help="the model's directory, e.g. saved_models/binarized_mnist_vae")
     parser.add_argument("--version", type=int, default=None, help="integer version (default: next after the highest present)")
-    return parser.parse_args(argv)
+    return _cli.parse_args(parser, argv)
 
 
 def main(argv=None):
@@ -39,4 +37,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

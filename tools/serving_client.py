@@ -20,8 +20,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [TOOLS, os.path.dirname(TOOLS)]  # tools/_cli.py; this checkout's keras_vae
+import _cli  # noqa: E402
 
 SIGNATURES = ("encode", "decode", "prior_log_prob", "elbo", "sample", "serving_default")
 X_SIGNATURES = ("encode", "elbo", "serving_default")
@@ -46,17 +47,15 @@ def _shape(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _cli.parser(__doc__)
     server = parser.add_mutually_exclusive_group(required=True)
-    server.add_argument("--rest", type=_host_port, metavar="HOST:PORT", help="REST API (e.g. localhost:8501)")
-    server.add_argument("--grpc", type=_host_port, metavar="HOST:PORT", help="gRPC API (e.g. localhost:8500)")
-    parser.add_argument("--model", default="binarized_mnist_vae", help="served model name (default: binarized_mnist_vae)")
+    server.add_argument("--rest", type=_host_port, metavar="HOST:PORT", help="REST API (e.g. localhost:8501; --rest or --grpc is required)")
+    server.add_argument("--grpc", type=_host_port, metavar="HOST:PORT", help="gRPC API (e.g. localhost:8500; --rest or --grpc is required)")
+    parser.add_argument("--model", default="binarized_mnist_vae", help="served model name")
     parser.add_argument("--version", type=int, default=None, help="model version (default: latest served)")
-    parser.add_argument("--signature", default="serving_default", choices=SIGNATURES)
-    parser.add_argument("--batch", type=int, default=3, help="number of images or codes sent (default 3)")
-    parser.add_argument("--num", type=int, default=4, help="number of samples for --signature sample (default 4)")
+    parser.add_argument("--signature", default="serving_default", choices=SIGNATURES, help="the served signature to call")
+    parser.add_argument("--batch", type=int, default=3, help="number of images or codes sent")
+    parser.add_argument("--num", type=int, default=4, help="number of samples for --signature sample")
     parser.add_argument("--images", choices=("random", "tfds"), default="random", help="x inputs: random binary images or TFDS validation images")
     parser.add_argument("--dataset", default="binarized_mnist", help="TFDS dataset for --images tfds")
     parser.add_argument("--split", default="validation", help="TFDS split for --images tfds")
@@ -64,9 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--event-shape", type=_shape, default=None, help="shape of one image, e.g. 28,28,1 (default: from metadata)")
     parser.add_argument("--latent-dim", type=int, default=None, help="latent dimension (default: from metadata)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="request timeout in seconds")
     parser.add_argument("--values", type=int, default=5, help="how many first values to print per output")
-    args = parser.parse_args(argv)
+    args = _cli.parse_args(parser, argv)
     if args.batch <= 0 or args.num < 0:
         parser.error("--batch must be positive and --num non-negative")
     return args
@@ -140,11 +139,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:  # a readable message, not a traceback, for server errors
-        from keras_vae.serving import ServingError
-
-        if isinstance(e, ServingError):
-            sys.exit(f"error: {e}")
-        raise
+    _cli.run(main)

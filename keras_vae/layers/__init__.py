@@ -3,12 +3,22 @@
 from keras_vae.layers.decoders import BernoulliDecoder, GaussianDecoder
 from keras_vae.layers.encoders import GaussianEncoder
 from keras_vae.layers.gated_dense import GatedDense
+from keras_vae.layers.heads import DistributionLayer
+from keras_vae.layers.heads import IndependentBernoulli
+from keras_vae.layers.heads import IndependentNormal
+from keras_vae.layers.priors import MixtureOfGaussiansPrior
 from keras_vae.layers.priors import StandardNormalPrior
+from keras_vae.layers.priors import VampPrior
 
 __all__ = [
     "BernoulliDecoder",
     "GaussianDecoder",
     "GaussianEncoder",
+    "DistributionLayer",
     "GatedDense",
+    "IndependentBernoulli",
+    "IndependentNormal",
+    "MixtureOfGaussiansPrior",
     "StandardNormalPrior",
+    "VampPrior",
 ]

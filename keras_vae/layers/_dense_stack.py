@@ -1,7 +1,7 @@
 """Private helpers shared by the encoder and decoder layers.
 
-One place for: validating constructor arguments, building a stack of hidden
-Dense layers, and flattening / un-flattening event dimensions.
+One place for: validating constructor arguments and making the hidden
+Dense (or GatedDense) layers of the default MLP.
 """
 
 import math
@@ -75,57 +75,6 @@ def make_hidden_layers(
     ]
 
 
-def init_mlp(layer, hidden_units, activation, kernel_initializer, gated):
-    """Validates and stores the MLP arguments shared by encoders and decoders
-    on `layer`, and creates its hidden layers (`layer.hidden_layers`)."""
-    layer.gated = bool(gated)
-    layer.hidden_units = check_hidden_units(hidden_units)
-    layer.activation = activation
-    layer.kernel_initializer = kernel_initializer
-    layer.hidden_layers = make_hidden_layers(
-        layer.hidden_units,
-        activation,
-        "hidden",
-        kernel_initializer,
-        layer.gated,
-        dtype=layer.dtype_policy,
-    )
-
-
-def mlp_config(layer):
-    """The `get_config` entries of the arguments `init_mlp` stored."""
-    return {
-        "hidden_units": list(layer.hidden_units),
-        "activation": keras.activations.serialize(
-            keras.activations.get(layer.activation)
-        ),
-        "kernel_initializer": keras.initializers.serialize(
-            keras.initializers.get(layer.kernel_initializer)
-        ),
-        "gated": layer.gated,
-    }
-
-
-def build_stack(layers, input_dim):
-    """Builds `layers` in order from `input_dim`; returns the output width.
-
-    Layers that are already built (a reload, or a layer shared with another
-    model) are skipped: building a built Dense again raises.
-    """
-    dim = input_dim
-    for layer in layers:
-        if not layer.built:
-            layer.build((None, dim))
-        dim = layer.units
-    return dim
-
-
-def apply_stack(layers, h, training=None):
-    for layer in layers:
-        h = layer(h, training=training)
-    return h
-
-
 def check_float_or_int_dtype(x, layer_name):
     """Refuses strings, complex numbers and other non-numeric inputs."""
     dtype = tf.as_dtype(x.dtype)
@@ -134,21 +83,6 @@ def check_float_or_int_dtype(x, layer_name):
             f"Expected {layer_name} inputs with a real numeric dtype (float, int "
             f"or uint8). Received: inputs.dtype={dtype.name}"
         )
-
-
-def flatten_event(x, event_ndims):
-    """Reshapes `[..., *event]` to `[..., prod(event)]`."""
-    if event_ndims == 1:
-        return x
-    flat = math.prod(x.shape[-event_ndims:])
-    batch = tf.shape(x)[:-event_ndims]
-    return tf.reshape(x, tf.concat([batch, [flat]], axis=0))
-
-
-def unflatten_event(h, event_shape):
-    """Reshapes `[..., prod(event)]` to `[..., *event]`."""
-    batch = tf.shape(h)[:-1]
-    return tf.reshape(h, tf.concat([batch, list(event_shape)], axis=0))
 
 
 def check_positive_float(name, value, allow_none=False, none_meaning=""):

@@ -1,40 +1,47 @@
-"""Encoders: layers that map an input x to a posterior distribution q(z|x)."""
-
-import math
+"""Encoders: a network plus a distribution head, mapping x to q(z|x)."""
 
 import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from keras_vae.layers import _dense_stack
-
-tfd = tfp.distributions
+from keras_vae.layers import _network
+from keras_vae.layers.heads import DistributionLayer
+from keras_vae.layers.heads import IndependentNormal
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class GaussianEncoder(keras.layers.Layer):
-    """MLP encoder returning a diagonal Gaussian posterior q(z|x).
+class GaussianEncoder(DistributionLayer):
+    """Any Keras network followed by a diagonal Gaussian posterior q(z|x).
 
-    The input is flattened (any fixed event shape works: `(28, 28, 1)`,
-    `(784,)`, ...), passed through ReLU (by default) hidden layers, and a final
-    Dense layer gives `loc` and a raw scale mapped to `softplus(raw) + min_scale`,
-    so the scale is positive and never collapses below `min_scale`.
+    x goes through `network` (any Keras layer or model: a `keras.Sequential`
+    of `Conv2D` layers, a user's own model, ...; by default an MLP built from
+    `hidden_units`), its output is flattened and a Dense layer
+    (`params_layer`) projects it to `IndependentNormal.params_size((latent_dim,))`
+    numbers: `loc` and a raw scale mapped to `softplus(raw) + min_scale`.
 
     Args:
         latent_dim: Positive int, the dimension of z.
-        hidden_units: Sequence of positive ints, widths of the hidden layers.
-        activation: Activation of the hidden layers.
+        network: Optional Keras layer or model taking `[batch, *event_shape]`
+            and returning features `[batch, ...]`. Give either `network` or
+            the MLP arguments below, not both.
+        hidden_units: Widths of the default MLP's hidden layers (default
+            `(512, 256)`; the input is flattened first).
+        activation: Activation of the MLP's hidden layers.
         min_scale: Positive float, floor added to the posterior scale.
-        kernel_initializer: Initializer of all Dense kernels.
-        gated: If True, the hidden layers are `GatedDense` layers computing
-            `activation(x W + b) * sigmoid(x V + c)` (pass `activation=None`
-            for the linear-gated layers of the VampPrior paper).
+        kernel_initializer: Initializer of the MLP's and the projection's kernels.
+        gated: If True, the MLP's hidden layers are `GatedDense` layers
+            computing `activation(x W + b) * sigmoid(x V + c)` (pass
+            `activation=None` for the linear-gated layers of the VampPrior paper).
+        convert_to_tensor_fn: None (return q(z|x)) or "sample", "mean",
+            "mode" (return that tensor, so the layer works in functional
+            models; see `keras_vae.layers.heads`).
+        seed: Optional int for `convert_to_tensor_fn="sample"`.
         **kwargs: Base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Call arguments:
         inputs: Tensor of shape `[batch, *event_shape]`, float or integer
             (uint8 images are cast to float; they are not rescaled).
-        training: Python bool, passed to the hidden layers.
+        training: Python bool, passed to the network.
 
     Returns:
         `tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)`
@@ -46,24 +53,39 @@ class GaussianEncoder(keras.layers.Layer):
     >>> q = encoder(np.zeros((3, 28, 28, 1), "float32"))
     >>> q.batch_shape, q.event_shape
     (TensorShape([3]), TensorShape([2]))
+    >>> conv = keras.Sequential([
+    ...     keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
+    ...     keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+    ... ])
+    >>> GaussianEncoder(2, network=conv)(np.zeros((3, 28, 28, 1), "float32")).event_shape
+    TensorShape([2])
     """
 
     def __init__(
         self,
         latent_dim,
-        hidden_units=(512, 256),
+        network=None,
+        hidden_units=None,
         activation="relu",
         min_scale=1e-4,
         kernel_initializer="glorot_uniform",
         gated=False,
+        convert_to_tensor_fn=None,
+        seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(convert_to_tensor_fn=convert_to_tensor_fn, seed=seed, **kwargs)
         self.latent_dim = _dense_stack.check_positive_int("latent_dim", latent_dim)
         self.min_scale = _dense_stack.check_positive_float("min_scale", min_scale)
-        _dense_stack.init_mlp(self, hidden_units, activation, kernel_initializer, gated)
+        _network.init_network(
+            self, network, hidden_units, (512, 256), activation, kernel_initializer, gated,
+            flatten_input=True,
+        )  # fmt: skip
+        self.head = IndependentNormal(
+            (self.latent_dim,), min_scale=self.min_scale, dtype=self.dtype_policy, name="posterior"
+        )
         self.params_layer = keras.layers.Dense(
-            2 * self.latent_dim,
+            self.head.params_size((self.latent_dim,)),
             kernel_initializer=kernel_initializer,
             name="loc_and_scale",
             dtype=self.dtype_policy,
@@ -87,30 +109,28 @@ class GaussianEncoder(keras.layers.Layer):
                 f"Received: input_shape={input_shape}"
             )
         self.input_event_shape = event_shape
-        self.input_spec = keras.layers.InputSpec(
-            shape=(None,) + self.input_event_shape
-        )
-        width = _dense_stack.build_stack(
-            self.hidden_layers, math.prod(self.input_event_shape)
-        )
+        self.input_spec = keras.layers.InputSpec(shape=(None,) + self.input_event_shape)
+        features = _network.build_network(self.network, (None,) + event_shape, self.compute_dtype)
         if not self.params_layer.built:
-            self.params_layer.build((None, width))
+            self.params_layer.build((None, _network.flat_size(features)))
+        if not self.head.built:
+            self.head.build((None, self.params_layer.units))
 
     def call(self, inputs, training=None):
-        _dense_stack.check_float_or_int_dtype(inputs, "GaussianEncoder")
+        _dense_stack.check_float_or_int_dtype(inputs, type(self).__name__)
         x = tf.cast(inputs, self.compute_dtype)
-        h = _dense_stack.flatten_event(x, len(self.input_event_shape))
-        h = _dense_stack.apply_stack(self.hidden_layers, h, training=training)
-        params = self.params_layer(h)
-        loc, raw_scale = tf.split(params, 2, axis=-1)
-        scale = tf.nn.softplus(raw_scale) + self.min_scale
-        return tfd.Independent(
-            tfd.Normal(loc=loc, scale=scale), reinterpreted_batch_ndims=1
-        )
+        h = self.network(x, training=training)
+        h = tf.reshape(h, [tf.shape(h)[0], -1])
+        return self._output(self.head(self.params_layer(h)))
 
     def compute_output_shape(self, input_shape):
         """Shape of a sample of q(z|x): `[batch, latent_dim]`."""
         return (input_shape[0], self.latent_dim)
+
+    @property
+    def hidden_layers(self):
+        """The default MLP's hidden layers (empty for a user's network)."""
+        return _network.hidden_layers(self)
 
     def get_config(self):
         config = super().get_config()
@@ -118,7 +138,11 @@ class GaussianEncoder(keras.layers.Layer):
             {
                 "latent_dim": self.latent_dim,
                 "min_scale": self.min_scale,
-                **_dense_stack.mlp_config(self),
+                **_network.network_config(self),
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**_network.deserialize_network(config))

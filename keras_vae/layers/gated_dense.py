@@ -18,7 +18,8 @@ class GatedDense(keras.layers.Layer):
         units: Positive int, output width.
         activation: Activation of the non-gate branch (default linear).
         kernel_initializer: Initializer of both kernels.
-        **kwargs: Base `keras.layers.Layer` arguments.
+        **kwargs: Base `keras.layers.Layer` arguments (`name`, `dtype`, ...;
+            the dtype policy also applies to both inner Dense layers).
 
     Call arguments:
         inputs: Tensor of shape `[..., input_dim]`.
@@ -40,14 +41,20 @@ class GatedDense(keras.layers.Layer):
         self.units = _dense_stack.check_positive_int("units", units)
         self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        # The sublayers share this layer's dtype policy (float64, or
+        # mixed_float16: float32 variables, float16 computation).
         self.linear = keras.layers.Dense(
-            units, kernel_initializer=self.kernel_initializer, name="linear"
+            units,
+            kernel_initializer=self.kernel_initializer,
+            name="linear",
+            dtype=self.dtype_policy,
         )
         self.gate = keras.layers.Dense(
             units,
             activation="sigmoid",
             kernel_initializer=self.kernel_initializer,
             name="gate",
+            dtype=self.dtype_policy,
         )
 
     def build(self, input_shape):

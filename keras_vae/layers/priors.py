@@ -1,4 +1,6 @@
-"""Priors p(z)."""
+"""Priors p(z): the standard normal, a learned Gaussian mixture, the VampPrior."""
+
+import math
 
 import keras
 import tensorflow as tf
@@ -44,6 +46,11 @@ class StandardNormalPrior(keras.layers.Layer):
     def build(self, input_shape=None):
         pass
 
+    @property
+    def elements_per_code(self):
+        """Numbers log p(z) handles per code (memory of the evaluation)."""
+        return self.latent_dim
+
     def distribution(self, dtype=None):
         """The prior as a `tfd.Distribution` with event shape `[latent_dim]`."""
         dtype = dtype or self.compute_dtype
@@ -63,4 +70,251 @@ class StandardNormalPrior(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"latent_dim": self.latent_dim})
+        return config
+
+
+class _Holder:
+    """Holds a layer without Keras tracking it as a sublayer (its weights
+    belong to the model that owns it, not to the holder)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class MixtureOfGaussiansPrior(keras.layers.Layer):
+    """A learned prior: a mixture of K diagonal Gaussians.
+
+    p(z) = sum_k pi_k N(z; mu_k, diag(sigma_k^2)), with learned mixture logits
+    (pi = softmax), means and scales (`softplus(raw) + min_scale`), as a
+    `tfd.MixtureSameFamily`. Its KL against q(z|x) has no closed form: the
+    model uses the Monte Carlo estimate log q(z|x) - log p(z) on its sample.
+
+    Args:
+        latent_dim: Positive int, the dimension of z.
+        num_components: Positive int K.
+        min_scale: Positive float, floor of the components' scales.
+        seed: Optional int for the initial means (standard normal draws, so
+            the components start apart).
+        **kwargs: Base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: Latent codes `z` of shape `[..., latent_dim]`.
+
+    Returns:
+        From `call`: log p(z), shape `[...]`. From `distribution()`: the
+        mixture, event shape `[latent_dim]`.
+
+    Example:
+
+    >>> prior = MixtureOfGaussiansPrior(latent_dim=2, num_components=3)
+    >>> prior.build()
+    >>> prior.distribution().event_shape
+    TensorShape([2])
+    """
+
+    def __init__(self, latent_dim, num_components=10, min_scale=1e-3, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = _dense_stack.check_positive_int("latent_dim", latent_dim)
+        self.num_components = _dense_stack.check_positive_int("num_components", num_components)
+        self.min_scale = _dense_stack.check_positive_float("min_scale", min_scale)
+        self.seed = seed
+        self.input_spec = keras.layers.InputSpec(min_ndim=1, axes={-1: latent_dim})
+
+    def build(self, input_shape=None):
+        k, l = self.num_components, self.latent_dim
+        self.logits = self.add_weight(shape=(k,), initializer="zeros", name="logits")
+        self.loc = self.add_weight(
+            shape=(k, l), initializer=keras.initializers.RandomNormal(seed=self.seed), name="loc"
+        )
+        # softplus(raw) + min_scale = 1 at the start: unit-scale components.
+        raw = math.log(math.expm1(1.0 - self.min_scale))
+        self.raw_scale = self.add_weight(
+            shape=(k, l), initializer=keras.initializers.Constant(raw), name="raw_scale"
+        )
+
+    @property
+    def elements_per_code(self):
+        """Numbers log p(z) handles per code (memory of the evaluation)."""
+        return self.num_components * self.latent_dim
+
+    def distribution(self, dtype=None):
+        """p(z) as a `tfd.MixtureSameFamily` with event shape `[latent_dim]`."""
+        dtype = dtype or self.compute_dtype
+        loc = tf.cast(self.loc, dtype)
+        scale = tf.nn.softplus(tf.cast(self.raw_scale, dtype)) + tf.constant(self.min_scale, dtype)
+        return tfd.MixtureSameFamily(
+            mixture_distribution=tfd.Categorical(logits=tf.cast(self.logits, dtype)),
+            components_distribution=tfd.Independent(tfd.Normal(loc, scale), 1),
+        )
+
+    def call(self, inputs):
+        z = tf.cast(inputs, self.compute_dtype)
+        return self.distribution(z.dtype).log_prob(z)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "latent_dim": self.latent_dim,
+                "num_components": self.num_components,
+                "min_scale": self.min_scale,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class VampPrior(keras.layers.Layer):
+    """The VampPrior (Tomczak & Welling 2018): a mixture of the model's own
+    posteriors at K learned pseudo-inputs.
+
+    p(z) = (1/K) sum_k q(z | u_k), where q is the VAE's encoder and the
+    pseudo-inputs u_k live in the data's space and shape (for Bernoulli data,
+    `clip(raw_k, 0, 1)`, the paper's hardtanh, initialized around 0.05). The
+    prior uses the encoder it is given by `keras_vae.VAE` (`attach_encoder`),
+    so it is learned with the encoder and needs no latent size of its own.
+    Its KL against q(z|x) has no closed form: the model uses the Monte Carlo
+    estimate log q(z|x) - log p(z) on its sample.
+
+    Args:
+        num_components: Positive int K (500 in the paper for MNIST).
+        pseudo_input_range: `(low, high)` the pseudo-inputs are clipped to
+            (the data's range; (0, 1) for binary images), or None.
+        pseudo_input_mean: Mean of the raw pseudo-inputs' initial values.
+        pseudo_input_stddev: Their standard deviation.
+        seed: Optional int for the initial pseudo-inputs.
+        **kwargs: Base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: Latent codes `z` of shape `[..., latent_dim]`.
+
+    Returns:
+        From `call`: log p(z), shape `[...]`. From `distribution()`: the
+        mixture of the encoder's posteriors, event shape `[latent_dim]`.
+
+    Example:
+
+    >>> from keras_vae.layers import GaussianEncoder, BernoulliDecoder
+    >>> vae = keras_vae.VAE(GaussianEncoder(2, hidden_units=(8,)),
+    ...                     BernoulliDecoder((4, 4, 1), hidden_units=(8,)),
+    ...                     prior=VampPrior(num_components=5),
+    ...                     input_shape=(None, 4, 4, 1))
+    >>> vae.prior.pseudo_inputs.shape
+    TensorShape([5, 4, 4, 1])
+    """
+
+    def __init__(
+        self,
+        num_components=500,
+        pseudo_input_range=(0.0, 1.0),
+        pseudo_input_mean=0.05,
+        pseudo_input_stddev=0.01,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_components = _dense_stack.check_positive_int("num_components", num_components)
+        if pseudo_input_range is not None:
+            low, high = (float(v) for v in pseudo_input_range)
+            if not low < high:
+                raise ValueError(
+                    "Expected pseudo_input_range=(low, high) with low < high, or None. "
+                    f"Received: pseudo_input_range={pseudo_input_range!r}"
+                )
+            pseudo_input_range = (low, high)
+        self.pseudo_input_range = pseudo_input_range
+        self.pseudo_input_mean = float(pseudo_input_mean)
+        self.pseudo_input_stddev = float(pseudo_input_stddev)
+        self.seed = seed
+        self._encoder = None
+
+    def attach_encoder(self, encoder):
+        """Makes `encoder` (the VAE's, with `latent_dim`) the one q(z|u) uses."""
+        self._encoder = _Holder(encoder)
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            raise ValueError(
+                "Expected a VampPrior attached to an encoder: pass it as "
+                "keras_vae.VAE(encoder, decoder, prior=VampPrior(...)), or call "
+                "prior.attach_encoder(encoder). Received: no encoder"
+            )
+        return self._encoder.layer
+
+    @property
+    def latent_dim(self):
+        return self.encoder.latent_dim
+
+    def build(self, input_shape=None):
+        event_shape = getattr(self.encoder, "input_event_shape", None)
+        if not event_shape:
+            raise ValueError(
+                "Expected the encoder to be built (its input_event_shape known) "
+                "before the VampPrior, whose pseudo-inputs have the data's shape. "
+                f"Received: input_event_shape={event_shape}"
+            )
+        self.raw_pseudo_inputs = self.add_weight(
+            shape=(self.num_components,) + tuple(event_shape),
+            initializer=keras.initializers.RandomNormal(
+                self.pseudo_input_mean, self.pseudo_input_stddev, seed=self.seed
+            ),
+            name="pseudo_inputs",
+        )
+
+    def get_build_config(self):
+        # No build config: on reload the encoder is attached by the VAE after
+        # this layer is made, and the VAE's build builds it then.
+        return None
+
+    @property
+    def pseudo_inputs(self):
+        """The K pseudo-inputs u_k, `[K, *event_shape]`, in the data's range."""
+        u = tf.convert_to_tensor(self.raw_pseudo_inputs)
+        if self.pseudo_input_range is not None:
+            u = tf.clip_by_value(u, *self.pseudo_input_range)
+        return u
+
+    @property
+    def elements_per_code(self):
+        """Numbers log p(z) handles per code (memory of the evaluation)."""
+        return self.num_components * self.latent_dim
+
+    def distribution(self, dtype=None):
+        """p(z) = (1/K) sum_k q(z|u_k) as a `tfd.MixtureSameFamily`."""
+        dtype = dtype or self.compute_dtype
+        components = self.encoder(tf.cast(self.pseudo_inputs, self.encoder.compute_dtype))
+        if components.dtype != dtype:
+            base = components.distribution
+            components = tfd.Independent(
+                tfd.Normal(tf.cast(base.loc, dtype), tf.cast(base.scale, dtype)), 1
+            )
+        return tfd.MixtureSameFamily(
+            mixture_distribution=tfd.Categorical(logits=tf.zeros([self.num_components], dtype)),
+            components_distribution=components,
+        )
+
+    def call(self, inputs):
+        z = tf.cast(inputs, self.compute_dtype)
+        return self.distribution(z.dtype).log_prob(z)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_components": self.num_components,
+                "pseudo_input_range": self.pseudo_input_range,
+                "pseudo_input_mean": self.pseudo_input_mean,
+                "pseudo_input_stddev": self.pseudo_input_stddev,
+                "seed": self.seed,
+            }
+        )
         return config

@@ -1,23 +1,17 @@
 """The variational auto-encoder model."""
 
-import functools
 import math
 import numbers
-import re
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_vae import distribute
 from keras_vae import kl as kl_lib
+from keras_vae import objectives
+from keras_vae._random import stateless_seed
 from keras_vae.layers.priors import StandardNormalPrior
-
-# Prefix of the messages of input checks that run inside a traced step. The
-# step functions re-raise TensorFlow's InvalidArgumentError carrying it as the
-# ValueError it stands for.
-INPUT_ERROR_TAG = "keras_vae input error: "
-_ARRAY = re.compile(r"^[-+.\deinaf ]+$")
+from keras_vae.models import _distribution
+from keras_vae.models._inputs import InputChecks
 
 
 def _package_version():
@@ -26,94 +20,34 @@ def _package_version():
     return __version__
 
 
-def stateless_seed(seed_generator):
-    """Draws a `[2]` int32 stateless seed for TFP samplers from a SeedGenerator.
-
-    Under a strategy with several replicas, every replica holds the same
-    generator state: the replica id is folded into the seed so that replicas
-    draw independent noise (with one replica the seed is unchanged).
-    """
-    seed = seed_generator.next()
-    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
-        seed = tf.random.experimental.stateless_fold_in(seed, replica)
-    return seed
-
-
-def _scale_loss_for_distribution(loss, batch_size):
-    """Weights a replica's mean loss by its share of the global batch.
-
-    The optimizer sums the replicas' gradients, so each replica's loss (a
-    mean over its `batch_size` examples) is multiplied by
-    `batch_size / global_batch_size`: the sum is the gradient of the mean
-    over the global batch, as on one device. That is `loss / num_replicas`
-    when the batch splits evenly, and stays exact when it does not (a last
-    partial batch); a replica that received no example (a NaN mean)
-    contributes 0. With one replica the loss is returned unchanged.
-    """
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return loss
-    count = tf.cast(batch_size, loss.dtype)
-    total = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-    loss = tf.where(count > 0, loss, tf.zeros_like(loss))
-    return loss * tf.math.divide_no_nan(count, total)
-
-
-def _reducible_logs(logs):
-    """Gives scalar logs an axis when Keras will reduce them across workers.
-
-    Keras 3.15's `fit` / `evaluate` under a multi-worker
-    `MultiWorkerMirroredStrategy` reduce each value a step returns with
-    `strategy.reduce("MEAN", value, axis=0)`, which fails for scalars
-    ("Invalid reduction dimension 0 for input with 0 dimensions";
-    tensorflow/tensorflow#72388). A `[1]` value reduces to the scalar mean
-    over the replicas, as on one machine.
-    """
-    if distribute.in_multi_worker_mode():  # the test Keras makes
-        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
-    return logs
-
-
-def _reraise_input_errors(function):
-    """Turns a tagged InvalidArgumentError from a traced step into a ValueError."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except tf.errors.InvalidArgumentError as e:
-            message = e.message
-            if INPUT_ERROR_TAG not in message:
-                raise
-            # "assertion failed: [<tag><text>] [v1] [v2]\n\t [[node ...]] ...":
-            # keep "<text> [v1] [v2]".
-            message = message[message.index(INPUT_ERROR_TAG) + len(INPUT_ERROR_TAG):]
-            parts = message.split("\n")[0].rstrip().rstrip("]").split("] [")
-            # Texts as they are, arrays (several numbers) in brackets.
-            parts = [f"[{p}]" if _ARRAY.match(p) and " " in p else p for p in parts]
-            raise ValueError(" ".join(parts).strip()) from None
-
-    wrapper._keras_vae_wrapped = True
-    return wrapper
+OBJECTIVES = ("elbo", "iwae")
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VAE(keras.Model):
-    """Variational auto-encoder trained on the ELBO with `fit`.
+class VAE(InputChecks, keras.Model):
+    """Variational auto-encoder trained on the ELBO (or the IWAE bound) with `fit`.
 
     Per example, ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), estimated with
-    one reparameterized sample of z ~ q(z|x) for the reconstruction term and the
-    analytic KL (`tfd.kl_divergence`; a Monte Carlo estimate on the same sample
-    when no analytic KL is registered). Training minimizes the mean over the
-    batch of -(E_q[log p(x|z)] - beta * KL), in nats per example.
+    `num_samples` reparameterized samples of z ~ q(z|x) for the reconstruction
+    term and the KL from `tfd.kl_divergence` where it has a closed form
+    (Gaussian posterior, standard normal prior): `kl_is_analytic`. With a
+    learned prior (`MixtureOfGaussiansPrior`, `VampPrior`) there is none, and
+    the KL is the Monte Carlo estimate log q(z|x) - log p(z) on the same
+    samples. Training minimizes the mean over the batch of
+    -(E_q[log p(x|z)] - beta * KL), in nats per example.
 
-    `fit` and `evaluate` report `loss` (that objective, plus any regularization
-    losses), `reconstruction` (E_q[log p(x|z)], nats), `kl` (nats) and `elbo`
-    (reconstruction - kl, the true ELBO whatever beta is), each averaged per
-    example.
+    With `objective="iwae"` it minimizes instead the negative importance-
+    weighted bound (Burda et al. 2016) with k = `num_samples`:
+    log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), tighter than the ELBO as k
+    grows (`keras_vae.objectives.iwae_objective`; beta weighs the log ratio
+    log q - log p, and the analytic KL enters as a zero-mean control variate,
+    so that k = 1 is exactly the ELBO objective).
+
+    `fit` and `evaluate` report `loss` (the objective, plus any regularization
+    losses), `reconstruction` (E_q[log p(x|z)], nats), `kl` (nats; analytic or
+    estimated, as `kl_is_analytic` says), `elbo` (reconstruction - kl, the
+    true ELBO whatever beta is) and, with `objective="iwae"`, `iwae` (the
+    bound at beta = 1), each averaged per example.
 
     Args:
         encoder: A layer mapping x to a `tfd.Distribution` q(z|x) with event
@@ -123,11 +57,16 @@ class VAE(keras.Model):
             `keras_vae.layers.BernoulliDecoder`. If it has a `data_range`
             attribute (Bernoulli: (0, 1)), inputs outside it are refused.
         prior: A layer with `distribution()` returning p(z). Defaults to
-            `StandardNormalPrior(encoder.latent_dim)`.
+            `StandardNormalPrior(encoder.latent_dim)`. A prior with an
+            `attach_encoder` method (`VampPrior`) is given the encoder.
         beta: Non-negative float, the weight of the KL term in the loss. Stored
             as a non-trainable variable (`model.beta`) so that callbacks can
             change it during training; 1.0 gives the true ELBO.
         seed: Optional int seeding the model's `keras.random.SeedGenerator`.
+        objective: "elbo" (default) or "iwae".
+        num_samples: Positive int: samples of z per example in training and
+            `evaluate` (k of the IWAE bound). Time and memory of a step grow
+            about linearly with it.
         input_shape: Optional input shape, e.g. `(None, 28, 28, 1)`; when given
             the model is built at construction.
         **kwargs: Base `keras.Model` arguments (`name`, ...).
@@ -158,10 +97,20 @@ class VAE(keras.Model):
         prior=None,
         beta=1.0,
         seed=None,
+        objective="elbo",
+        num_samples=1,
         input_shape=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if objective not in OBJECTIVES:
+            raise ValueError(f"Expected objective in {OBJECTIVES}. Received: objective={objective!r}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(
+                f"Expected `num_samples` to be a positive integer. Received: num_samples={num_samples!r}"
+            )
+        if hasattr(prior, "attach_encoder"):
+            prior.attach_encoder(encoder)
         latent_dim = getattr(encoder, "latent_dim", None)
         if not isinstance(latent_dim, int):
             raise ValueError(
@@ -187,6 +136,8 @@ class VAE(keras.Model):
         self.prior = prior
         self.initial_beta = float(beta)
         self.seed = seed
+        self.objective = objective
+        self.num_samples = num_samples
         self.beta = self.add_weight(
             shape=(),
             initializer=keras.initializers.Constant(self.initial_beta),
@@ -198,6 +149,7 @@ class VAE(keras.Model):
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.elbo_tracker = keras.metrics.Mean(name="elbo")
+        self.iwae_tracker = keras.metrics.Mean(name="iwae") if objective == "iwae" else None
         if input_shape is not None:
             self.build(tuple(input_shape))
 
@@ -231,116 +183,6 @@ class VAE(keras.Model):
                 f"input example {tuple(encoder_event)}. Received: "
                 f"decoder.event_shape={tuple(decoder_event)}"
             )
-
-    # ------------------------------------------------------------------ inputs
-
-    @staticmethod
-    def _unpack(data):
-        """x from an array, `(x,)`, `(x, y)`, `(x, y, w)` or a TFDS dict."""
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if isinstance(x, dict):
-            if "image" not in x:
-                raise ValueError(
-                    "Expected a dict input to hold the images under the key "
-                    f"'image' (TFDS style). Received keys: {sorted(x)}"
-                )
-            x = x["image"]
-        return x
-
-    def _prepare(self, x, step=None):
-        """Validates x and casts it to the compute dtype.
-
-        Shape and dtype are checked in Python (at trace time inside `fit`).
-        Values are checked (finite; inside `decoder.data_range` if it has one)
-        eagerly when running eagerly, otherwise by assertions that everything
-        downstream depends on, so no update runs on refused data. `step` (the
-        optimizer's iteration count, in `train_step`) is named in the error.
-        """
-        x = self._unpack(x)
-        if not tf.is_tensor(x):
-            x = tf.convert_to_tensor(np.asarray(x))
-        dtype = tf.as_dtype(x.dtype)
-        if not (dtype.is_floating or dtype.is_integer or dtype == tf.bool):
-            raise ValueError(
-                "Expected inputs with a real numeric dtype (float, int or uint8). "
-                f"Received: x.dtype={dtype.name}"
-            )
-        if not self.built:
-            self.build((None,) + tuple(x.shape[1:]))
-        expected = self.input_event_shape
-        shape_message = f"Expected inputs of shape (batch, {', '.join(map(str, expected))}). "
-        checks = []
-        if x.shape.rank is not None:
-            received = tuple(x.shape[1:])
-            if len(received) != len(expected) or any(
-                r is not None and r != e for r, e in zip(received, expected)
-            ):
-                raise ValueError(f"{shape_message}Received: x.shape={tuple(x.shape)}")
-        if x.shape.rank is None or any(d is None for d in x.shape[1:]):
-            # Retracing with relaxed shapes (reduce_retracing) can hide dimensions
-            # or even the rank: check what is left at run time.
-            shape = tf.shape(x, out_type=tf.int64)
-            same = tf.cond(
-                tf.equal(tf.size(shape), len(expected) + 1),
-                lambda: tf.reduce_all(
-                    tf.equal(shape[1:], tf.constant(expected, dtype=tf.int64))
-                ),
-                lambda: tf.constant(False),
-            )
-            checks.append(
-                tf.debugging.Assert(
-                    same,
-                    [f"{INPUT_ERROR_TAG}{shape_message}Received: x.shape =", shape],
-                    summarize=-1,
-                )
-            )
-        with tf.control_dependencies(checks):
-            x = tf.cast(x, self.compute_dtype)
-            if checks:
-                # Not tf.ensure_shape / set_shape: given a static shape claim,
-                # Grappler evaluates shape-dependent ops with the run-time shape
-                # before the Assert has run. A reshape is an op that waits for it.
-                x = tf.reshape(x, (-1,) + tuple(expected))
-            else:
-                x = tf.ensure_shape(x, (None,) + tuple(expected))
-        return self._check_values(x, step)
-
-    def _check_values(self, x, step=None):
-        data_range = getattr(self.decoder, "data_range", None)
-        if data_range is None:
-            ok = tf.reduce_all(tf.math.is_finite(x))
-            expectation = "finite values"
-        else:
-            low, high = data_range
-            ok = tf.reduce_all((x >= low) & (x <= high))
-            expectation = (
-                f"values in [{low:g}, {high:g}] for the "
-                f"{type(self.decoder).__name__} likelihood (for 8-bit images, "
-                "divide by 255 or binarize)"
-            )
-        if tf.executing_eagerly():
-            if not bool(ok):
-                raise ValueError(
-                    f"Expected {expectation}. Received: values with min="
-                    f"{float(tf.reduce_min(x)):g}, max={float(tf.reduce_max(x)):g}"
-                    f"{', and NaN' if bool(tf.reduce_any(tf.math.is_nan(x))) else ''}"
-                )
-            return x
-        where = [] if step is None else ["at training step", step]
-        check = tf.debugging.Assert(
-            ok,
-            [f"{INPUT_ERROR_TAG}Expected {expectation}. Received"]
-            + where
-            + [
-                "a batch with min, max, any NaN =",
-                tf.reduce_min(x),
-                tf.reduce_max(x),
-                tf.reduce_any(tf.math.is_nan(x)),
-            ]
-            + (["(refused: no update was made)"] if where else []),
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(x)
 
     # ------------------------------------------------------------- the model
 
@@ -418,6 +260,51 @@ class VAE(keras.Model):
         """Per-example ELBO in nats, shape `[batch]`."""
         return self.elbo_terms(x, num_samples=num_samples)["elbo"]
 
+    @property
+    def kl_is_analytic(self):
+        """Whether KL(q(z|x) || p(z)) has a closed form (else: Monte Carlo)."""
+        q = self.encoder(tf.zeros((1,) + tuple(self.input_event_shape), self.compute_dtype))
+        return kl_lib.analytic_kl(q, self.prior.distribution()) is not None
+
+    def objective_terms(self, x, training=False, prepared=False):
+        """Per-example terms of the training objective, in nats.
+
+        Args:
+            x: A batch of inputs (any form `fit` accepts).
+            training: Passed to the layers.
+            prepared: True if `x` was already checked and cast by the model.
+
+        Returns:
+            The `elbo_terms` (with `num_samples` samples), `objective` (what
+            training maximizes, with the current beta) and, for
+            `objective="iwae"`, `iwae` (the bound at beta = 1).
+        """
+        if not prepared:
+            x = self._prepare(x)
+        beta = tf.cast(self.beta, self.compute_dtype)
+        if self.objective == "elbo" or self.num_samples == 1:
+            # k = 1: the importance-weighted objective is the ELBO itself.
+            terms = self.elbo_terms(x, training=training, num_samples=self.num_samples, prepared=True)
+            terms["objective"] = terms["reconstruction"] - beta * terms["kl"]
+            if self.objective == "iwae":
+                terms["iwae"] = terms["elbo"]
+            return terms
+        q = self.encoder(x, training=training)
+        z = q.sample(self.num_samples, seed=stateless_seed(self.seed_generator))
+        log_w, log_px_given_z = objectives.log_importance_weights(self, x, q, z, training=training)
+        log_ratio = log_px_given_z - log_w
+        kl = kl_lib.analytic_kl(q, self.prior.distribution())
+        if kl is None:
+            kl = tf.reduce_mean(log_ratio, axis=0)
+        reconstruction = tf.reduce_mean(log_px_given_z, axis=0)
+        return {
+            "reconstruction": reconstruction,
+            "kl": kl,
+            "elbo": reconstruction - kl,
+            "iwae": objectives.iwae_objective(log_px_given_z, log_ratio, kl),
+            "objective": objectives.iwae_objective(log_px_given_z, log_ratio, kl, beta),
+        }
+
     # ------------------------------------------------------------- training
 
     def compile(self, optimizer=None, **kwargs):
@@ -444,8 +331,7 @@ class VAE(keras.Model):
         self.compile(**keras.saving.deserialize_keras_object(config))
 
     def _loss(self, terms):
-        beta = tf.cast(self.beta, terms["kl"].dtype)
-        loss = -tf.reduce_mean(terms["reconstruction"] - beta * terms["kl"])
+        loss = -tf.reduce_mean(terms["objective"])
         if self.losses:
             loss = loss + tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
         return loss
@@ -459,21 +345,9 @@ class VAE(keras.Model):
         self.reconstruction_tracker.update_state(terms["reconstruction"])
         self.kl_tracker.update_state(terms["kl"])
         self.elbo_tracker.update_state(terms["elbo"])
-        return _reducible_logs({m.name: m.result() for m in self.metrics})
-
-    def _check_beta(self):
-        if tf.executing_eagerly():
-            if not float(self.beta) >= 0:
-                raise ValueError(
-                    f"Expected `beta` >= 0. Received: beta={float(self.beta):g}"
-                )
-            return []
-        return [
-            tf.debugging.Assert(
-                self.beta >= 0,
-                [f"{INPUT_ERROR_TAG}Expected `beta` >= 0. Received: beta =", self.beta],
-            )
-        ]
+        if self.iwae_tracker is not None:
+            self.iwae_tracker.update_state(terms["iwae"])
+        return _distribution.reducible_logs({m.name: m.result() for m in self.metrics})
 
     def train_step(self, data):
         x = self._prepare(data, step=self.optimizer.iterations)
@@ -481,10 +355,10 @@ class VAE(keras.Model):
         # weights, metrics) must wait for the input checks carried by `x`.
         with tf.control_dependencies([x] + self._check_beta()):
             with tf.GradientTape() as tape:
-                terms = self.elbo_terms(x, training=True, prepared=True)
+                terms = self.objective_terms(x, training=True, prepared=True)
                 loss = self._loss(terms)
                 scaled_loss = self.optimizer.scale_loss(
-                    _scale_loss_for_distribution(loss, tf.shape(terms["elbo"])[0])
+                    _distribution.scale_loss_for_distribution(loss, tf.shape(terms["elbo"])[0])
                 )
             gradients = tape.gradient(scaled_loss, self.trainable_weights)
             self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
@@ -493,17 +367,18 @@ class VAE(keras.Model):
     def test_step(self, data):
         x = self._prepare(data)
         with tf.control_dependencies([x]):
-            terms = self.elbo_terms(x, training=False, prepared=True)
+            terms = self.objective_terms(x, training=False, prepared=True)
             return self._update_metrics(self._loss(terms), terms)
 
     @property
     def metrics(self):
-        return [
+        trackers = [
             self.loss_tracker,
             self.reconstruction_tracker,
             self.kl_tracker,
             self.elbo_tracker,
         ]
+        return trackers + ([self.iwae_tracker] if self.iwae_tracker is not None else [])
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3.15 (TF backend) under a distribution strategy averages a
@@ -522,27 +397,6 @@ class VAE(keras.Model):
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force=True)
-        self.train_function = _reraise_input_errors(self.train_function)
-        return self.train_function
-
-    def make_test_function(self, force=False):
-        if self.test_function is not None and not force:
-            return self.test_function
-        super().make_test_function(force=True)
-        self.test_function = _reraise_input_errors(self.test_function)
-        return self.test_function
-
-    def make_predict_function(self, force=False):
-        if self.predict_function is not None and not force:
-            return self.predict_function
-        super().make_predict_function(force=True)
-        self.predict_function = _reraise_input_errors(self.predict_function)
-        return self.predict_function
-
     # ------------------------------------------------------------- saving
 
     def get_config(self):
@@ -555,6 +409,8 @@ class VAE(keras.Model):
             "prior": keras.saving.serialize_keras_object(self.prior),
             "beta": self.initial_beta,
             "seed": self.seed,
+            "objective": self.objective,
+            "num_samples": self.num_samples,
             "keras_vae_version": _package_version(),
         }
 

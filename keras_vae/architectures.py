@@ -1,0 +1,124 @@
+"""Ready-made encoder and decoder networks for the tools: MLP, gated MLP, conv.
+
+`make_encoder` / `make_decoder` give the layers `tools/train.py
+--architecture {mlp,gated,conv}` trains. The conv networks have the shape
+of the keras.io VAE example: strided `Conv2D` layers down, a Dense layer and
+`Conv2DTranspose` layers up to logits of the image's own shape (so the
+decoder's network feeds the Bernoulli head without a projection).
+"""
+
+import keras
+
+from keras_vae.config import ARCHITECTURES
+from keras_vae.config import PRIORS
+from keras_vae.layers import BernoulliDecoder
+from keras_vae.layers import GaussianEncoder
+from keras_vae.layers import MixtureOfGaussiansPrior
+from keras_vae.layers import StandardNormalPrior
+from keras_vae.layers import VampPrior
+
+__all__ = [
+    "ARCHITECTURES",
+    "PRIORS",
+    "make_prior",
+    "conv_decoder_network",
+    "conv_encoder_network",
+    "make_decoder",
+    "make_encoder",
+]
+
+
+def _check(architecture, event_shape, widths):
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"Expected architecture in {ARCHITECTURES}. Received: architecture={architecture!r}"
+        )
+    if architecture == "conv":
+        if not widths:
+            raise ValueError(
+                "Expected the filters of at least one conv layer for the conv "
+                f"architecture. Received: hidden_units={tuple(widths)}"
+            )
+        factor = 2 ** len(widths)
+        if len(event_shape) != 3 or event_shape[0] % factor or event_shape[1] % factor:
+            raise ValueError(
+                f"Expected images [height, width, channels] with height and width "
+                f"divisible by {factor} for {len(widths)} stride-2 conv layers. "
+                f"Received: event_shape={tuple(event_shape)}"
+            )
+
+
+def conv_encoder_network(filters=(32, 64), dense_units=256, name="conv_encoder"):
+    """Strided 3x3 convolutions (each halves the image), then a ReLU Dense layer."""
+    layers = [
+        keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="relu", name=f"conv_{i}")
+        for i, f in enumerate(filters)
+    ]
+    layers += [keras.layers.Flatten(name="flatten")]
+    if dense_units:
+        layers += [keras.layers.Dense(dense_units, activation="relu", name="dense")]
+    return keras.Sequential(layers, name=name)
+
+
+def conv_decoder_network(event_shape, filters=(64, 32), name="conv_decoder"):
+    """A ReLU Dense layer to a small feature map, stride-2 transposed
+    convolutions up to the image size, and a last 3x3 convolution to one
+    logit per pixel and channel: output `[batch, *event_shape]`."""
+    height, width, channels = event_shape
+    factor = 2 ** len(filters)
+    small = (height // factor, width // factor, filters[0])
+    layers = [
+        keras.layers.Dense(small[0] * small[1] * small[2], activation="relu", name="dense"),
+        keras.layers.Reshape(small, name="reshape"),
+    ]
+    layers += [
+        keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation="relu", name=f"deconv_{i}")
+        for i, f in enumerate(filters)
+    ]
+    layers += [keras.layers.Conv2DTranspose(channels, 3, padding="same", name="logits")]
+    return keras.Sequential(layers, name=name)
+
+
+def make_encoder(architecture, latent_dim, hidden_units, event_shape):
+    """The encoder of `architecture`: `hidden_units` are the MLP's widths, or
+    the conv layers' filters (then one Dense layer of `4 * filters[-1]`)."""
+    _check(architecture, event_shape, hidden_units)
+    if architecture == "conv":
+        network = conv_encoder_network(hidden_units, dense_units=4 * hidden_units[-1])
+        return GaussianEncoder(latent_dim, network=network, name="encoder")
+    gated = architecture == "gated"
+    return GaussianEncoder(
+        latent_dim,
+        hidden_units=hidden_units,
+        activation=None if gated else "relu",
+        gated=gated,
+        name="encoder",
+    )
+
+
+def make_decoder(architecture, hidden_units, event_shape):
+    """The decoder mirroring `make_encoder(architecture, ..., hidden_units)`."""
+    _check(architecture, event_shape, hidden_units)
+    mirrored = tuple(reversed(hidden_units))
+    if architecture == "conv":
+        network = conv_decoder_network(tuple(event_shape), filters=mirrored)
+        return BernoulliDecoder(tuple(event_shape), network=network, name="decoder")
+    gated = architecture == "gated"
+    return BernoulliDecoder(
+        tuple(event_shape),
+        hidden_units=mirrored,
+        activation=None if gated else "relu",
+        gated=gated,
+        name="decoder",
+    )
+
+
+def make_prior(prior, latent_dim, num_components=500, seed=None):
+    """The prior `tools/train.py --prior` names: "standard", "mixture", "vamp"."""
+    if prior not in PRIORS:
+        raise ValueError(f"Expected prior in {PRIORS}. Received: prior={prior!r}")
+    if prior == "standard":
+        return StandardNormalPrior(latent_dim, name="prior")
+    if prior == "mixture":
+        return MixtureOfGaussiansPrior(latent_dim, num_components, seed=seed, name="prior")
+    return VampPrior(num_components, seed=seed, name="prior")

@@ -1,0 +1,78 @@
+"""The importance weights and the bounds built from them: one place for each formula.
+
+* `log_importance_weights`: log w = log p(x|z) + log p(z) - log q(z|x) for
+  samples z ~ q(z|x); the IWAE evaluation (`keras_vae.evaluation`) and the
+  importance-weighted training objective (`keras_vae.VAE(objective="iwae")`)
+  both use it.
+* `iwae_bound`: log (1/k) sum_i w_i, computed with logsumexp (Burda et al.
+  2016); a lower bound of log p(x) in expectation, tight as k grows.
+* `iwae_objective`: the bound as a training objective, with beta on the
+  log-density ratio and the analytic KL as a control variate (below).
+"""
+
+import tensorflow as tf
+
+__all__ = ["iwae_bound", "iwae_objective", "log_importance_weights"]
+
+
+def log_importance_weights(model, x, q, z, training=False):
+    """log p(x|z) + log p(z) - log q(z|x) for samples `z` of shape `[S, B, L]`.
+
+    The decoder runs on the flattened `[S * B, L]` codes (plain matrix
+    products) and `x` is tiled to match.
+
+    Args:
+        model: A `keras_vae.VAE` (or anything with `decoder` and `prior`).
+        x: The prepared batch, `[B, *event_shape]`.
+        q: q(z|x), batch shape `[B]`.
+        z: Samples of q, `[S, B, L]`.
+        training: Passed to the decoder.
+
+    Returns:
+        A tuple `(log_w, log_px_given_z)` of `[S, B]` tensors.
+    """
+    num_samples = tf.shape(z)[0]
+    batch = tf.shape(z)[1]
+    flat_z = tf.reshape(z, [-1, z.shape[-1]])
+    p = model.decoder(flat_z, training=training)
+    x_tiled = tf.tile(x, tf.concat([[num_samples], tf.ones([x.shape.rank - 1], tf.int32)], 0))
+    log_px_given_z = tf.reshape(p.log_prob(x_tiled), [num_samples, batch])
+    log_pz = model.prior.distribution(z.dtype).log_prob(z)
+    log_qz = q.log_prob(z)
+    return log_px_given_z + log_pz - log_qz, log_px_given_z
+
+
+def iwae_bound(log_w):
+    """log (1/k) sum_i exp(log_w[i]) over the first axis (k = its length)."""
+    k = tf.cast(tf.shape(log_w)[0], log_w.dtype)
+    return tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(k)
+
+
+def iwae_objective(log_px_given_z, log_ratio, kl, beta=1.0):
+    """The importance-weighted bound, as trained, per example.
+
+    With log w_i = log p(x|z_i) - beta * (log q(z_i|x) - log p(z_i)):
+
+        iwae_bound(log w) + beta * (mean_i [log q(z_i|x) - log p(z_i)] - KL)
+
+    The second term has expectation 0 (the mean log ratio is an unbiased
+    estimate of the KL, and of its reparameterized gradient), so the
+    objective estimates the same IWAE bound (beta = 1); it is a control
+    variate that makes k = 1 the ELBO itself, E_q[log p(x|z)] - beta * KL
+    with the analytic KL, whatever the sample. Where the KL has no closed
+    form, pass `kl` = the mean log ratio: the term vanishes and this is the
+    plain IWAE estimator.
+
+    Args:
+        log_px_given_z: `[k, B]` log-likelihoods of the samples.
+        log_ratio: `[k, B]` log q(z_i|x) - log p(z_i).
+        kl: `[B]` KL(q(z|x) || p(z)) (analytic, or the mean log ratio).
+        beta: The KL weight (1: the IWAE bound).
+
+    Returns:
+        A `[B]` tensor.
+    """
+    beta = tf.cast(beta, log_ratio.dtype)
+    log_w = log_px_given_z - beta * log_ratio
+    return iwae_bound(log_w) + beta * (tf.reduce_mean(log_ratio, axis=0) - kl)
+
