@@ -635,3 +635,36 @@ def test_a_cli_error_in_a_fresh_process_prints_one_line_and_debug_the_traceback(
     assert "Traceback" not in plain_err
     assert plain_err.strip().splitlines()[-1] == f"error: Expected a .keras file or a run directory. Received: {tmp_path / 'missing'} (not found)"
     assert "Traceback (most recent call last)" in debug_err and "ValueError: Expected a .keras file" in debug_err
+
+
+# ------------------------------------------------------------------ ablation
+
+
+def test_ablation_runs_train_once_per_prior_and_objective_and_tabulates_validation(tmp_path, monkeypatch):
+    """tools/ablation.py: the train.py command of each combination (k only
+    for iwae, the passthrough options last) and a table row read from each
+    run's evaluation.json."""
+    ablation = _tool("ablation")
+    monkeypatch.chdir(tmp_path)
+    commands = []
+
+    def fake_run(command, check):
+        commands.append(command)
+        name = command[command.index("--name") + 1]
+        os.makedirs(os.path.join("runs", name))
+        nll = 90.0 + len(commands)
+        report = {"epochs_run": 3, "train_seconds": 120.0, "splits": {"validation": {
+            "elbo": -nll - 5, "nll": nll, "num_samples": 50, "active_units": 7}}}  # fmt: skip
+        with open(os.path.join("runs", name, "evaluation.json"), "w") as f:
+            json.dump(report, f)
+
+    monkeypatch.setattr(ablation.subprocess, "run", fake_run)
+    rows = ablation.main(["--epochs", "3", "--eval-samples", "50", "--priors", "standard", "vamp", "--", "--take", "64"])
+    assert [(c[c.index("--prior") + 1], c[c.index("--objective") + 1], c[c.index("--num-samples") + 1]) for c in commands] == [
+        ("standard", "elbo", "1"), ("standard", "iwae", "5"), ("vamp", "elbo", "1"), ("vamp", "iwae", "5"),
+    ]  # fmt: skip
+    assert all(c[-2:] == ["--take", "64"] and c[c.index("--export-dir") + 1] == "" for c in commands)
+    assert [r["val_nll"] for r in rows] == [91.0, 92.0, 93.0, 94.0]
+    table = (tmp_path / "runs" / "ablation" / "ablation.md").read_text()
+    assert "| vamp | iwae | 3 | 2.0 | -99.0 | 94.0 (50) | 7 |" in table
+    assert json.loads((tmp_path / "runs" / "ablation" / "ablation.json").read_text()) == rows

@@ -3,7 +3,10 @@ r"""Train a VAE on a TFDS dataset, evaluate it, plot it and export it for servin
 
 Example (the README's main job):
 
-    python tools/train.py --data-dir ../shared/tensorflow_datasets --epochs 10
+    python tools/train.py --epochs 10 --name quickstart_vae
+
+(TFDS downloads binarized_mnist on first use; offline, point --data-dir or
+$TFDS_DATA_DIR at a directory where it is prepared.)
 
 The run goes to runs/<name>/ and its export to saved_models/<name>/<version>/,
 with <name> = <dataset>_run unless --name is given (a shipped model's
