@@ -1,9 +1,9 @@
 """keras_vae: variational auto-encoders for Keras 3 with TensorFlow Probability.
 
 The public API is what `__all__` lists: the model and layers below, and the
-modules `architectures`, `callbacks`, `config`, `data`, `distribute`, `evaluation`, `export`,
-`kl`, `layers`, `models`, `optimizers`, `plotting`, `saving`, `serving` and
-`training`, each with its own `__all__`. All are reachable after
+modules `architectures`, `backup`, `callbacks`, `config`, `data`,
+`distribute`, `evaluation`, `export`, `exported`, `kl`, `layers`, `models`,
+`objectives`, `optimizers`, `plotting`, `saving`, `serving` and `training`, each with its own `__all__`. All are reachable after
 `import keras_vae` (e.g. `keras_vae.callbacks.KLWarmup`); `config`, `data`,
 `plotting` and `training` are imported on first use (PEP 562), so importing
 the package does not load matplotlib.pyplot, SciPy or TensorFlow Datasets.
@@ -21,13 +21,16 @@ Example:
 import importlib
 
 from keras_vae import architectures
+from keras_vae import backup
 from keras_vae import callbacks
 from keras_vae import distribute
 from keras_vae import evaluation
 from keras_vae import export
+from keras_vae import exported
 from keras_vae import kl
 from keras_vae import layers
 from keras_vae import models
+from keras_vae import objectives
 from keras_vae import optimizers
 from keras_vae import saving
 from keras_vae import serving
@@ -53,17 +56,20 @@ __all__ = [
     "GaussianEncoder",
     "StandardNormalPrior",
     "architectures",
+    "backup",
     "callbacks",
     "config",
     "data",
     "distribute",
     "evaluation",
     "export",
+    "exported",
     "gaussian_kl",
     "kl",
     "kl_divergence",
     "layers",
     "models",
+    "objectives",
     "optimizers",
     "plotting",
     "saving",

@@ -26,6 +26,21 @@ OBJECTIVES = ("elbo", "iwae")
 STRATEGIES = ("default", "mirrored", "multiworker")
 MAX_DEFAULT_WARMUP_EPOCHS = 10
 
+__all__ = [
+    "ARCHITECTURES",
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "MAX_DEFAULT_WARMUP_EPOCHS",
+    "OBJECTIVES",
+    "PRIORS",
+    "STRATEGIES",
+    "TrainConfig",
+    "default_name",
+    "default_output_dir",
+    "default_warmup_epochs",
+    "int_tuple",
+]
+
 
 def default_name(dataset):
     """The run and model name when none is given: `<dataset>_run`.

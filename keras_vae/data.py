@@ -45,6 +45,17 @@ DATASETS = {
 DEFAULT_DATASET = "binarized_mnist"
 BINARIZATIONS = ("none", "dynamic", "threshold")
 
+__all__ = [
+    "BINARIZATIONS",
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "DataNotFoundError",
+    "available_splits",
+    "load",
+    "num_examples",
+    "resolve_data_dir",
+]
+
 # Datasets whose carved splits were announced (once per process).
 _announced = set()
 

@@ -65,7 +65,6 @@ is N(0, I) when `prior_log_prob` gives its values) and says so in its
 `description` (`"inferred": true`).
 """
 
-import copy
 import json
 import os
 import re
@@ -74,11 +73,9 @@ import stat
 import tempfile
 
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_vae.layers.heads import LogitBernoulli
 
 tfd = tfp.distributions
 
@@ -86,13 +83,10 @@ __all__ = [
     "DESCRIPTION_FILE",
     "DESCRIPTION_FORMAT",
     "SIGNATURES",
-    "ExportedVAE",
     "build_archive",
     "describe",
     "existing_versions",
     "export_for_serving",
-    "load_model_or_run",
-    "read_description",
 ]
 
 SIGNATURES = ("encode", "decode", "prior_log_prob", "elbo", "sample", "serving_default")
@@ -206,41 +200,6 @@ def describe(model):
     }
     # A JSON round trip: tuples become lists, as a reader will see them.
     return json.loads(json.dumps(description))
-
-
-def read_description(path):
-    """The description in the export `path` (a version directory), or None.
-
-    None for an export written before keras_vae wrote descriptions (see
-    `ExportedVAE` for what is inferred then).
-
-    Raises:
-        ValueError: the file is not valid JSON, or has a newer `format` than
-            this keras_vae reads.
-    """
-    filename = os.path.join(path, DESCRIPTION_FILE)
-    if not os.path.exists(filename):
-        return None
-    try:
-        with open(filename) as f:
-            description = json.load(f)
-    except ValueError as e:
-        raise ValueError(
-            f"Expected {filename} to hold the export's JSON description. Received: "
-            f"a file that does not parse ({e})"
-        ) from None
-    if not isinstance(description, dict) or not isinstance(description.get("format"), int):
-        raise ValueError(
-            f"Expected {filename} to hold a JSON object with an integer `format`. "
-            f"Received: {str(description)[:200]}"
-        )
-    if description["format"] > DESCRIPTION_FORMAT:
-        raise ValueError(
-            f"Expected a description of format <= {DESCRIPTION_FORMAT} (this keras_vae). "
-            f"Received: {filename} with format={description['format']} (written by "
-            f"keras_vae {description.get('keras_vae_version')}; upgrade keras_vae to read it)"
-        )
-    return description
 
 
 def _check_built(model):
@@ -382,269 +341,3 @@ def _set_modes(root, dir_mode, file_mode):
             os.chmod(os.path.join(parent, name), dir_mode)
         for name in files:
             os.chmod(os.path.join(parent, name), file_mode)
-
-
-class _SignatureEncoder:
-    def __init__(self, signature):
-        self._signature = signature
-
-    def __call__(self, x, training=False):
-        out = self._signature(x=tf.cast(x, tf.float32))
-        return tfd.Independent(tfd.Normal(out["loc"], out["scale"]), 1)
-
-
-class _SignatureDecoder:
-    """p(x|z) rebuilt from the `decode` signature for the description's likelihood."""
-
-    def __init__(self, signature, likelihood, event_ndims):
-        self._signature = signature
-        self._likelihood = likelihood
-        self._event_ndims = event_ndims
-
-    def __call__(self, z, training=False):
-        out = self._signature(z=tf.cast(z, tf.float32))
-        if self._likelihood == "bernoulli":
-            # The formula the Keras model's IndependentBernoulli uses.
-            base = LogitBernoulli(logits=out["logits"], dtype=tf.float32)
-        elif self._likelihood == "gaussian":
-            base = tfd.Normal(out["loc"], out["scale"])
-        else:
-            raise ValueError(
-                "Expected an export of a Bernoulli or Gaussian likelihood to rebuild "
-                f"p(x|z) from its decode signature. Received: likelihood={self._likelihood!r}"
-            )
-        return tfd.Independent(base, self._event_ndims)
-
-
-def _standard_normal(latent_dim, dtype):
-    zeros = tf.zeros([latent_dim], dtype)
-    return tfd.Independent(tfd.Normal(zeros, tf.ones_like(zeros)), 1)
-
-
-class _SignaturePrior:
-    """The export's prior: N(0, I) itself when the export's prior is the
-    standard normal (so `tfd.kl_divergence` stays analytic), else a wrapper
-    around the `prior_log_prob` signature."""
-
-    def __init__(self, signature, latent_dim, standard_normal):
-        self._signature = signature
-        self.latent_dim = latent_dim
-        self.standard_normal = standard_normal
-
-    def distribution(self, dtype=tf.float32):
-        if self.standard_normal:
-            return _standard_normal(self.latent_dim, dtype)
-        signature = self._signature
-
-        class _Prior:
-            def log_prob(self, z):
-                flat = tf.reshape(tf.cast(z, tf.float32), [-1, z.shape[-1]])
-                log_prob = signature(z=flat)["log_prob"]
-                return tf.reshape(log_prob, tf.shape(z)[:-1])
-
-        return _Prior()
-
-
-_STANDARD_NORMAL_PRIOR = "keras_vae>StandardNormalPrior"
-
-
-def _is_standard_normal(prior):
-    """Whether the description's `prior` is keras_vae's StandardNormalPrior."""
-    return isinstance(prior, dict) and prior.get("registered_name") == _STANDARD_NORMAL_PRIOR
-
-
-def _inferred_description(signatures, event_shape, latent_dim):
-    """What an export without `DESCRIPTION_FILE` (written before keras_vae
-    wrote one) tells of itself through its signatures.
-
-    The likelihood is named by the `decode` outputs (`logits`: Bernoulli;
-    `loc` and `scale`: Gaussian); the prior is StandardNormalPrior when
-    `prior_log_prob` gives log N(z; 0, I) at a few points (to float32
-    rounding), else unknown.
-    """
-    outputs = set(signatures["decode"].structured_outputs)
-    likelihood = None
-    for name, (_, parameters) in _LIKELIHOODS.items():
-        if set(parameters) <= outputs:
-            likelihood = name
-    probe = tf.reshape(tf.linspace(-3.0, 3.0, 4 * latent_dim), [4, latent_dim])
-    standard_normal = np.allclose(
-        signatures["prior_log_prob"](z=probe)["log_prob"].numpy(),
-        _standard_normal(latent_dim, tf.float32).log_prob(probe).numpy(),
-        rtol=1e-6,
-        atol=1e-5,
-    )
-    prior = None
-    if standard_normal:
-        prior = {
-            "class_name": "StandardNormalPrior",
-            "registered_name": _STANDARD_NORMAL_PRIOR,
-            "config": {"latent_dim": latent_dim},
-        }
-    return {
-        "format": None,
-        "inferred": True,
-        "keras_vae_version": None,
-        "event_shape": list(event_shape),
-        "latent_dim": latent_dim,
-        "likelihood": {"name": likelihood},
-        "prior": prior,
-        "encoder": None,
-        "decoder": None,
-        "signatures": [s for s in SIGNATURES if s in signatures],
-    }
-
-
-class ExportedVAE:
-    """A VAE export seen through the interface `keras_vae.evaluation` uses.
-
-    `encoder(x)` and `decoder(z)` rebuild distributions from the `encode` /
-    `decode` signatures; `prior.distribution().log_prob(z)` is N(0, I) for
-    the standard normal prior (so the KL stays analytic) and calls
-    `prior_log_prob` otherwise. So `evaluation.evaluate(ExportedVAE(path),
-    ds)` measures what TF Serving serves. What the export holds (likelihood,
-    prior, shapes) is read from its description, `assets/keras_vae.json`;
-    for an export written before descriptions existed it is inferred from
-    the signatures (see the module docstring).
-
-    Args:
-        path: A version directory written by `export_for_serving`.
-
-    Attributes:
-        description: The export's description (a dict, see `describe`), or
-            for an older export the inferred one, marked `"inferred": True`.
-        input_event_shape: Shape of one example x.
-        latent_dim: Size of z.
-
-    Raises:
-        ValueError: `path` is not a keras_vae export, or its description
-            does not match its signatures.
-
-    Example:
-
-    >>> exported = ExportedVAE("saved_models/binarized_mnist_vae/1")  # doctest: +SKIP
-    >>> exported.description["likelihood"]  # doctest: +SKIP
-    {'name': 'bernoulli'}
-    """
-
-    def __init__(self, path):
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise ValueError(
-                f"Expected a SavedModel version directory (holding saved_model.pb). Received: {path}"
-            )
-        self.path = path
-        self.loaded = tf.saved_model.load(path)
-        missing = [s for s in SIGNATURES if s not in self.loaded.signatures]
-        if missing:
-            raise ValueError(
-                f"Expected a keras_vae export with signatures {list(SIGNATURES)}. "
-                f"Received: {path} without {missing}"
-            )
-        signatures = self.loaded.signatures
-        x_spec = signatures["encode"].structured_input_signature[1]["x"]
-        z_spec = signatures["decode"].structured_input_signature[1]["z"]
-        self.input_event_shape = tuple(x_spec.shape[1:])
-        self.latent_dim = int(z_spec.shape[-1])
-        description = read_description(path)
-        if description is None:
-            description = _inferred_description(
-                signatures, self.input_event_shape, self.latent_dim
-            )
-        self._description = description
-        self._check_description(signatures)
-        likelihood = description["likelihood"]["name"]
-        self.encoder = _SignatureEncoder(signatures["encode"])
-        self.decoder = _SignatureDecoder(
-            signatures["decode"], likelihood, len(self.input_event_shape)
-        )
-        self.prior = _SignaturePrior(
-            signatures["prior_log_prob"],
-            self.latent_dim,
-            standard_normal=_is_standard_normal(description["prior"]),
-        )
-
-    @property
-    def description(self):
-        """The export's description (a copy: a dict, see `describe`)."""
-        return copy.deepcopy(self._description)
-
-    def _check_description(self, signatures):
-        description = self._description
-        filename = os.path.join(self.path, DESCRIPTION_FILE)
-        shapes = (tuple(description["event_shape"]), description["latent_dim"])
-        if shapes != (self.input_event_shape, self.latent_dim):
-            raise ValueError(
-                f"Expected {filename} to describe the signatures' shapes: event_shape="
-                f"{self.input_event_shape}, latent_dim={self.latent_dim}. Received: "
-                f"event_shape={shapes[0]}, latent_dim={shapes[1]}"
-            )
-        likelihood = description["likelihood"]["name"]
-        outputs = set(signatures["decode"].structured_outputs)
-        if likelihood in _LIKELIHOODS and not set(_LIKELIHOODS[likelihood][1]) <= outputs:
-            raise ValueError(
-                f"Expected the decode signature of a {likelihood} likelihood to return "
-                f"{list(_LIKELIHOODS[likelihood][1])}. Received outputs: {sorted(outputs)}"
-            )
-
-    def _prepare(self, data):
-        from keras_vae.models.vae import VAE
-
-        return tf.cast(VAE._unpack(data), tf.float32)
-
-    def encode(self, x):
-        return self.encoder(self._prepare(x))
-
-
-def _backup_steps_per_epoch(state):
-    """Steps per epoch of the run a training backup (its metadata) comes from.
-
-    `keras_vae.training.train` records a backup's position as
-    `epoch, batch = divmod(step, steps_per_epoch)`, so after a complete epoch
-    `steps_per_epoch = (step - batch) / epoch` exactly. Within the first
-    epoch only `steps_per_epoch > step` is known: `step + 1` gives the
-    learning-rate schedule the same (undecayed) value at every step taken.
-    Either way the optimizer's variables, what a restore reads, do not
-    depend on it.
-    """
-    step, epoch, batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
-    if epoch > 0:
-        return max(1, (step - batch) // epoch)
-    return step + 1
-
-
-def load_model_or_run(path):
-    """A `keras_vae.VAE` from a `.keras` file or from a training run directory.
-
-    A run directory (written by `tools/train.py`) gives its `best.keras`, or,
-    when there is none yet, a model rebuilt from `config.json` with the
-    weights of its newest training backup.
-    """
-    from keras_vae import saving
-    from keras_vae import training
-    from keras_vae.callbacks import TrainingBackup
-    from keras_vae.optimizers import make_optimizer
-
-    if os.path.isfile(path):
-        return saving.load_model(path)
-    if not os.path.isdir(path):
-        raise ValueError(f"Expected a .keras file or a run directory. Received: {path} (not found)")
-    files = training.paths(path)
-    if os.path.exists(files["best"]):
-        return saving.load_model(files["best"])
-    backup = TrainingBackup(files["backup"])
-    state = backup.latest() if os.path.exists(files["config"]) else None
-    if state is not None:
-        config = training.TrainConfig.from_json_file(files["config"])
-        model = training.build_vae(config)
-        # The optimizer training used (the backup holds its variables, which
-        # depend on whether the learning rate is a schedule).
-        optimizer = make_optimizer(
-            config.learning_rate, config.lr_halve_every, _backup_steps_per_epoch(state)
-        )
-        model.compile(optimizer=optimizer)
-        backup.restore(model)
-        return model
-    raise ValueError(
-        f"Expected a run directory holding best.keras, or config.json and "
-        f"a training backup. Received: {path} with {sorted(os.listdir(path))}"
-    )

@@ -160,14 +160,20 @@ def plot_training_curves(history, path):
     return _save(fig, path)
 
 
-def plot_all(model, history, dataset, output_dir, data_dir=None, take=None, seed=0):
-    """Every plot that applies, from the validation split; returns the paths."""
-    from keras_vae import data as data_lib
+def plot_all(model, history, images, output_dir, labels=None, seed=0):
+    """Every plot that applies; returns the paths.
 
-    split = "validation" if "validation" in data_lib.available_splits(dataset, data_dir) else "test"
-    ds = data_lib.load(dataset, split, batch_size=2000, shuffle=False, data_dir=data_dir, with_labels=True, take=take)
-    images, labels = next(iter(ds))
-    images, labels = images.numpy(), labels.numpy()
+    Args:
+        model: A `keras_vae.VAE`.
+        history: Per-epoch metrics (a dict of lists), or None.
+        images: Held-out images `[n, *event_shape]` (e.g. 2000 validation
+            images) for the reconstructions and the latent space.
+        output_dir: Directory of the PNG files.
+        labels: Optional labels of `images`, to colour the latent space.
+        seed: Seed of the samples from the prior.
+    """
+    images = np.asarray(images)
+    labels = None if labels is None else np.asarray(labels)
     written = [
         plot_reconstructions(model, images, os.path.join(output_dir, "reconstructions.png")),
         plot_samples(model, os.path.join(output_dir, "samples.png"), seed=seed),

@@ -32,6 +32,19 @@ from keras_vae.optimizers import make_optimizer
 ARCHITECTURES = config_lib.ARCHITECTURES
 TrainConfig = config_lib.TrainConfig
 
+__all__ = [
+    "ARCHITECTURES",
+    "DataError",
+    "TrainConfig",
+    "build_vae",
+    "load_model_or_run",
+    "paths",
+    "read_history",
+    "read_status",
+    "summarize",
+    "train",
+]
+
 
 def build_vae(config, input_shape=(None, 28, 28, 1)):
     """The VAE a config describes, built for `input_shape`.
@@ -122,7 +135,7 @@ class _StatusWriter(keras.callbacks.Callback):
         self.save(int(self.model.optimizer.iterations.numpy()))
 
     def save(self, step, stopped_early=None):
-        from keras_vae.callbacks import _write_json
+        from keras_vae.backup import _write_json
 
         seconds = round(time.time() - self.start_time, 1)
         session = {"first_step": self.first_step, "last_step": step, "seconds": seconds}
@@ -238,7 +251,7 @@ def train(config, fresh=False, strategy=None):
 
     from keras_vae import distribute
     from keras_vae.callbacks import StopOnNonFiniteLoss
-    from keras_vae.callbacks import TrainingBackup
+    from keras_vae.backup import TrainingBackup
     from keras_vae.distribute import is_chief
 
     start_time = time.time()
@@ -469,3 +482,55 @@ def summarize(history, beta=1.0):
         which = "validation ELBO" if key == "val_elbo" else "training ELBO"
         lines.append(f"Best {which}: {values[best]:.2f} nats (epoch {best + 1} of {len(values)}).")
     return "\n".join(lines)
+
+
+def _backup_steps_per_epoch(state):
+    """Steps per epoch of the run a training backup (its metadata) comes from.
+
+    `keras_vae.training.train` records a backup's position as
+    `epoch, batch = divmod(step, steps_per_epoch)`, so after a complete epoch
+    `steps_per_epoch = (step - batch) / epoch` exactly. Within the first
+    epoch only `steps_per_epoch > step` is known: `step + 1` gives the
+    learning-rate schedule the same (undecayed) value at every step taken.
+    Either way the optimizer's variables, what a restore reads, do not
+    depend on it.
+    """
+    step, epoch, batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+    if epoch > 0:
+        return max(1, (step - batch) // epoch)
+    return step + 1
+
+
+def load_model_or_run(path):
+    """A `keras_vae.VAE` from a `.keras` file or from a training run directory.
+
+    A run directory (written by `tools/train.py`) gives its `best.keras`, or,
+    when there is none yet, a model rebuilt from `config.json` with the
+    weights of its newest training backup.
+    """
+    from keras_vae.backup import TrainingBackup
+
+    if os.path.isfile(path):
+        return saving.load_model(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"Expected a .keras file or a run directory. Received: {path} (not found)")
+    files = paths(path)
+    if os.path.exists(files["best"]):
+        return saving.load_model(files["best"])
+    backup = TrainingBackup(files["backup"])
+    state = backup.latest() if os.path.exists(files["config"]) else None
+    if state is not None:
+        config = TrainConfig.from_json_file(files["config"])
+        model = build_vae(config)
+        # The optimizer training used (the backup holds its variables, which
+        # depend on whether the learning rate is a schedule).
+        optimizer = make_optimizer(
+            config.learning_rate, config.lr_halve_every, _backup_steps_per_epoch(state)
+        )
+        model.compile(optimizer=optimizer)
+        backup.restore(model)
+        return model
+    raise ValueError(
+        f"Expected a run directory holding best.keras, or config.json and "
+        f"a training backup. Received: {path} with {sorted(os.listdir(path))}"
+    )

@@ -252,10 +252,10 @@ def test_evaluate_cli_on_keras_file_run_dir_and_export_give_the_same_numbers(run
 
 def test_evaluate_of_an_export_reports_the_keras_models_kl_and_is_repeatable(run):
     from keras_vae import evaluation
-    from keras_vae import export
+    from keras_vae import exported as exported_lib
 
     version_dir = run["export_dir"] / "binarized_mnist_run" / "1"
-    exported = export.ExportedVAE(str(version_dir))
+    exported = exported_lib.ExportedVAE(str(version_dir))
     model = keras.models.load_model(run["output_dir"] / "best.keras")
     x = (np.random.default_rng(0).random((16, 28, 28, 1)) < 0.5).astype("float32")
     first = evaluation.evaluate(exported, [x], num_samples=2, seed=0, verbose=0)

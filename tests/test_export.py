@@ -38,6 +38,7 @@ from conftest import SAVEDMODEL_TOL
 from conftest import float32_atol
 from keras_vae import evaluation
 from keras_vae import export
+from keras_vae import exported as exported_lib
 from keras_vae import kl as kl_lib
 from keras_vae import training
 from keras_vae.callbacks import TrainingBackup
@@ -641,7 +642,7 @@ def evaluations(exports):
         if name not in cache:
             case = exports(name)
             x = case.x_repeated[::50]  # 6 examples
-            exported = export.ExportedVAE(case.path)
+            exported = exported_lib.ExportedVAE(case.path)
             kwargs = dict(num_samples=16, seed=7, verbose=0, return_per_example=True)
             cache[name] = (
                 exported,
@@ -693,7 +694,7 @@ def test_exported_vae_reports_the_analytic_kl(evaluations):
 
 def test_exported_vae_rebuilds_the_gaussian_distributions(exports):
     case = exports("gaussian")
-    exported = export.ExportedVAE(case.path)
+    exported = exported_lib.ExportedVAE(case.path)
     assert exported.input_event_shape == GAUSSIAN_EVENT and exported.latent_dim == LATENT
     q, reference_q = exported.encode(case.x), case.model.encode(case.x)
     np.testing.assert_allclose(q.stddev().numpy(), reference_q.stddev().numpy(), **TOL)
@@ -718,7 +719,7 @@ def test_exported_vae_refuses_a_savedmodel_without_the_signatures(tmp_path):
     path = str(tmp_path / "other")
     tf.saved_model.save(module, path, signatures={"serving_default": module.f})
     with pytest.raises(ValueError, match="without"):
-        export.ExportedVAE(path)
+        exported_lib.ExportedVAE(path)
 
 
 # -------------------------------------------------------- load_model_or_run
@@ -733,11 +734,11 @@ def _assert_same_model(model, reference, x):
 
 def test_load_model_or_run_from_a_keras_file_and_a_run_with_best(keras_file, trained_vae, tmp_path):
     x = _binary_images(4, seed=40)
-    _assert_same_model(export.load_model_or_run(keras_file), trained_vae, x)
+    _assert_same_model(training.load_model_or_run(keras_file), trained_vae, x)
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(keras_file, training.paths(str(run))["best"])
-    _assert_same_model(export.load_model_or_run(str(run)), trained_vae, x)
+    _assert_same_model(training.load_model_or_run(str(run)), trained_vae, x)
 
 
 def test_load_model_or_run_from_config_and_backup_weights(tmp_path):
@@ -756,22 +757,22 @@ def test_load_model_or_run_from_config_and_backup_weights(tmp_path):
     backup = TrainingBackup(files["backup"])
     backup.set_model(model)
     backup.on_epoch_end(0)
-    loaded = export.load_model_or_run(run)
+    loaded = training.load_model_or_run(run)
     _assert_same_model(loaded, model, _binary_images(4, seed=41))
     assert float(loaded.beta) == 0.25
 
 
 def test_load_model_or_run_refuses_bad_paths(tmp_path, keras_file):
     with pytest.raises(ValueError, match="not found"):
-        export.load_model_or_run(str(tmp_path / "missing.keras"))
+        training.load_model_or_run(str(tmp_path / "missing.keras"))
     other = tmp_path / "weights.h5"
     other.write_bytes(b"")
     with pytest.raises(ValueError, match="Expected a file ending in .keras"):
-        export.load_model_or_run(str(other))
+        training.load_model_or_run(str(other))
     empty = tmp_path / "empty_run"
     empty.mkdir()
     with pytest.raises(ValueError, match="best.keras"):
-        export.load_model_or_run(str(empty))
+        training.load_model_or_run(str(empty))
 
 
 # ------------------------------------------------------------ tools/export.py
@@ -846,7 +847,7 @@ def test_a_run_trained_with_lr_halve_every_restores_from_its_backup_and_exports(
     files = training.paths(run)
     last = keras_vae.saving.load_model(files["last"])
     os.remove(files["best"])  # as if the run had no best.keras yet
-    model = export.load_model_or_run(run)
+    model = training.load_model_or_run(run)
     assert isinstance(model.optimizer, FusedAdam)
     assert int(model.optimizer.iterations) == 4  # 2 epochs of 2 batches
     # The run's schedule: halved after each epoch of 2 steps, so at step 4
@@ -921,8 +922,8 @@ def test_the_export_holds_its_description_as_an_asset(exports, name):
     # The loads TF Serving and users make still read the export as before.
     assert set(export.SIGNATURES) <= set(case.loaded.signatures)
     assert "serve" in case.graph.meta.meta_info_def.tags
-    assert export.read_description(case.path) == description
-    assert export.ExportedVAE(case.path).description == description
+    assert exported_lib.read_description(case.path) == description
+    assert exported_lib.ExportedVAE(case.path).description == description
 
 
 def test_a_fixed_scale_gaussian_likelihood_is_described_with_its_scale():
@@ -940,12 +941,12 @@ def test_exported_vae_takes_the_prior_from_the_description_not_from_its_values(e
     another prior makes ExportedVAE call the signature (no analytic KL), where
     it used to decide by probing the signature with numbers."""
     case = exports("built")
-    assert isinstance(export.ExportedVAE(case.path).prior.distribution(), tfd.Independent)
+    assert isinstance(exported_lib.ExportedVAE(case.path).prior.distribution(), tfd.Independent)
     path = _copy_export(case, tmp_path)
     _rewrite_description(
         path, prior={"class_name": "LearnedPrior", "registered_name": "my_package>LearnedPrior", "config": {}}
     )
-    exported = export.ExportedVAE(path)
+    exported = exported_lib.ExportedVAE(path)
     prior = exported.prior.distribution()
     assert not isinstance(prior, tfd.Distribution)
     z = np.stack([case.z, case.z])  # [S, B, L]
@@ -956,14 +957,14 @@ def test_exported_vae_takes_the_prior_from_the_description_not_from_its_values(e
 
 def test_exported_vae_rebuilds_the_likelihood_the_description_names(exports, tmp_path):
     case = exports("built")
-    p = export.ExportedVAE(case.path).decoder(case.z)
+    p = exported_lib.ExportedVAE(case.path).decoder(case.z)
     assert isinstance(p.distribution, tfd.Bernoulli)
     path = _copy_export(case, tmp_path)
     _rewrite_description(path, likelihood={"name": "gaussian", "scale": None, "min_scale": 1e-3})
     with pytest.raises(ValueError, match=r"decode signature of a gaussian likelihood .*Received outputs: \['logits', 'mean'\]"):
-        export.ExportedVAE(path)
+        exported_lib.ExportedVAE(path)
     _rewrite_description(path, likelihood={"name": None, "distribution": "Independent"})
-    exported = export.ExportedVAE(path)
+    exported = exported_lib.ExportedVAE(path)
     with pytest.raises(ValueError, match="Bernoulli or Gaussian likelihood"):
         exported.decoder(case.z)
 
@@ -971,21 +972,21 @@ def test_exported_vae_rebuilds_the_likelihood_the_description_names(exports, tmp
 def test_exported_vae_refuses_a_description_that_disagrees_or_is_newer(exports, tmp_path):
     case = exports("built")
     path = _copy_export(case, tmp_path)
-    original = export.read_description(path)
+    original = exported_lib.read_description(path)
     _rewrite_description(path, latent_dim=LATENT + 1)
     with pytest.raises(ValueError, match="latent_dim=3"):
-        export.ExportedVAE(path)
+        exported_lib.ExportedVAE(path)
     _rewrite_description(path, latent_dim=LATENT, format=export.DESCRIPTION_FORMAT + 1)
     with pytest.raises(ValueError, match="format <= 1.*upgrade keras_vae"):
-        export.ExportedVAE(path)
+        exported_lib.ExportedVAE(path)
     with open(_description_file(path), "w") as f:
         f.write("{not json")
     with pytest.raises(ValueError, match="does not parse"):
-        export.read_description(path)
+        exported_lib.read_description(path)
     with open(_description_file(path), "w") as f:
         f.write("[1, 2]")
     with pytest.raises(ValueError, match="a JSON object with an integer `format`"):
-        export.read_description(path)
+        exported_lib.read_description(path)
     assert original["format"] == export.DESCRIPTION_FORMAT
 
 
@@ -996,15 +997,15 @@ def test_an_export_without_description_is_read_by_inference(exports, tmp_path):
         case = exports(name)
         path = _copy_export(case, tmp_path / name)
         os.remove(_description_file(path))
-        assert export.read_description(path) is None
-        exported = export.ExportedVAE(path)
+        assert exported_lib.read_description(path) is None
+        exported = exported_lib.ExportedVAE(path)
         description = exported.description
         assert description["inferred"] is True and description["format"] is None
         assert description["likelihood"] == {"name": likelihood}
         assert description["prior"]["registered_name"] == "keras_vae>StandardNormalPrior"
         assert description["event_shape"] == list(case.event) and description["latent_dim"] == LATENT
         assert isinstance(exported.prior.distribution(), tfd.Independent)  # analytic KL
-        described = export.ExportedVAE(case.path)
+        described = exported_lib.ExportedVAE(case.path)
         x = case.x[:1]
         np.testing.assert_array_equal(
             exported.decoder(case.z).log_prob(x).numpy(), described.decoder(case.z).log_prob(x).numpy()
@@ -1015,7 +1016,7 @@ def test_the_shipped_export_is_read_by_inference():
     path = os.path.join(os.path.dirname(__file__), "..", "saved_models", "binarized_mnist_vae", "1")
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         pytest.skip("the shipped export is not in this checkout")
-    exported = export.ExportedVAE(path)
+    exported = exported_lib.ExportedVAE(path)
     description = exported.description
     assert description["inferred"] is True
     assert description["likelihood"] == {"name": "bernoulli"}

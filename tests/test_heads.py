@@ -148,3 +148,56 @@ def test_heads_compute_in_float64():
     head = IndependentNormal((2,), dtype="float64")
     q = head(tf.zeros((3, 4), tf.float64))
     assert q.dtype == tf.float64
+
+
+class EncoderDecoderPriorLayerTest(TestCase):
+    """The same harness for the encoders, decoders and the mixture prior
+    (tensor outputs: the encoders and decoders with convert_to_tensor_fn)."""
+
+    def test_gaussian_encoder(self):
+        from keras_vae.layers import GaussianEncoder
+
+        self.run_layer_test(
+            GaussianEncoder,
+            init_kwargs={"latent_dim": 2, "hidden_units": (8,), "convert_to_tensor_fn": "mean"},
+            input_shape=(3, 4, 4, 1),
+            expected_output_shape=(3, 2),
+            expected_num_trainable_weights=4,
+            run_training_check=False,
+        )
+
+    def test_bernoulli_decoder(self):
+        from keras_vae.layers import BernoulliDecoder
+
+        self.run_layer_test(
+            BernoulliDecoder,
+            init_kwargs={"event_shape": (4, 4, 1), "hidden_units": (8,), "gated": True, "activation": None, "convert_to_tensor_fn": "mean"},
+            input_shape=(3, 2),
+            expected_output_shape=(3, 4, 4, 1),
+            expected_num_trainable_weights=6,
+            run_training_check=False,
+        )
+
+    def test_gaussian_decoder(self):
+        from keras_vae.layers import GaussianDecoder
+
+        self.run_layer_test(
+            GaussianDecoder,
+            init_kwargs={"event_shape": (5,), "hidden_units": (8,), "convert_to_tensor_fn": "mean"},
+            input_shape=(3, 2),
+            expected_output_shape=(3, 5),
+            expected_num_trainable_weights=4,
+            run_training_check=False,
+        )
+
+    def test_mixture_prior(self):
+        from keras_vae.layers import MixtureOfGaussiansPrior
+
+        self.run_layer_test(
+            MixtureOfGaussiansPrior,
+            init_kwargs={"latent_dim": 3, "num_components": 4},
+            input_shape=(2, 3),
+            expected_output_shape=(2,),
+            expected_num_trainable_weights=3,
+            run_training_check=False,
+        )

@@ -245,7 +245,7 @@ def test_the_export_describes_the_networks(case):
     for role in ("encoder", "decoder"):
         assert description[role]["custom_network"] is True
         assert description[role]["network"] == "Sequential"
-    exported = keras_vae.export.ExportedVAE(case.path)
+    exported = keras_vae.exported.ExportedVAE(case.path)
     assert exported.description == description
     p, reference = exported.decoder(case.z), case.vae.decode(case.z)
     x = np.repeat(case.x[:1], len(case.z), axis=0)

@@ -3,6 +3,8 @@ plausible size, no figure is left open, and the functions refuse what they
 cannot draw (manifold of a latent space that is not 2-D, non-image data,
 histories without curves)."""
 
+import os
+
 import keras
 import matplotlib.image
 import matplotlib.pyplot as plt
@@ -174,3 +176,16 @@ def test_image_batches_must_be_grey_images(shape, ok):
     else:
         with pytest.raises(ValueError, match=r"Expected a batch of grey images.*Received: shape="):
             plotting._images(batch)
+
+
+@pytest.mark.parametrize("latent", [2, 3])
+def test_plot_all_writes_every_plot_that_applies_from_the_images_it_is_given(latent, vae2, vae3, module_prototype_images, tmp_path):
+    vae = vae2 if latent == 2 else vae3
+    x, labels = module_prototype_images
+    history = {"loss": [60.0, 50.0, 45.0, 44.0], "elbo": [-60.0, -50.0, -45.0, -44.0]}
+    written = plotting.plot_all(vae, history, x[:100], str(tmp_path), labels=labels[:100], seed=1)
+    names = sorted(os.path.basename(p) for p in written)
+    expected = ["latent_space.png", "reconstructions.png", "samples.png", "training_curves.png"]
+    assert names == sorted(expected + (["manifold.png"] if latent == 2 else []))
+    for path in written:
+        _check_png(path, path)

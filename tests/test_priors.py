@@ -207,11 +207,12 @@ def test_bad_objective_arguments_are_refused():
 
 def test_a_vampprior_vae_exports_its_prior_and_samples(tmp_path, binary_images):
     from keras_vae import export
+    from keras_vae import exported as exported_lib
 
     vae = _vae(VampPrior(num_components=4), objective="iwae", num_samples=3)
     vae.fit(binary_images, epochs=1, batch_size=32, verbose=0)
     path = export.export_for_serving(vae, str(tmp_path / "vamp"))
-    exported = export.ExportedVAE(path)
+    exported = exported_lib.ExportedVAE(path)
     z = _codes()
     np.testing.assert_allclose(
         exported.prior.distribution().log_prob(z), vae.prior(z), rtol=1e-5, atol=1e-5

@@ -60,11 +60,12 @@ def parse_args(argv=None):
 
 def load(path):
     """A keras_vae.VAE, or an ExportedVAE for a SavedModel directory."""
-    from keras_vae import export
+    from keras_vae import exported as exported_lib
+    from keras_vae import training
 
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
-        return export.ExportedVAE(path)
-    return export.load_model_or_run(path)
+        return exported_lib.ExportedVAE(path)
+    return training.load_model_or_run(path)
 
 
 def default_output(model_path, splits, dataset=DEFAULT_DATASET, samples=DEFAULT_SAMPLES, take=None, seed=DEFAULT_SEED):

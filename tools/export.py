@@ -29,8 +29,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from keras_vae import export
+    from keras_vae import training
 
-    model = export.load_model_or_run(args.model)
+    model = training.load_model_or_run(args.model)
     path = export.export_for_serving(model, args.base_dir, version=args.version)
     print(f"Exported {args.model} to {path} with signatures: {', '.join(export.SIGNATURES)}")
     return path

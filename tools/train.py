@@ -177,7 +177,9 @@ def main(argv=None):
     if not args.no_plots:
         from keras_vae import plotting
 
-        written = plotting.plot_all(model, history, config.dataset, files["plots"], data_dir=config.data_dir, take=config.take, seed=config.seed)
+        ds = data.load(config.dataset, config.validation_split or "train", batch_size=2000, shuffle=False, data_dir=config.data_dir, with_labels=True, take=config.take)
+        images, labels = (t.numpy() for t in next(iter(ds)))
+        written = plotting.plot_all(model, history, images, files["plots"], labels=labels, seed=config.seed)
         print("Plots: " + ", ".join(written))
     _export(args, model, files, report)
     return report
