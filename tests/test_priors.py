@@ -219,3 +219,23 @@ def test_a_vampprior_vae_exports_its_prior_and_samples(tmp_path, binary_images):
     )
     images = exported.loaded.signatures["sample"](num=tf.constant(6))["mean"].numpy()
     assert images.shape == (6,) + IMAGE_SHAPE and np.all((images >= 0) & (images <= 1))
+
+
+def test_the_matrix_product_mixture_log_prob_is_tfps_at_vampprior_size():
+    """500 components over 40 latents, scales down to 0.05: the expanded
+    quadratic agrees with TFP's [n, K, L] formula to float32 roundings of
+    the largest term it cancels, sum_j (z_j^2 + mu_jk^2) / s_jk^2."""
+    from keras_vae.layers.priors import _DiagonalGaussianMixture
+
+    rng = np.random.default_rng(5)
+    loc = rng.normal(size=(500, 40)).astype("float32")
+    scale = rng.uniform(0.05, 1.0, size=(500, 40)).astype("float32")
+    parts = dict(
+        mixture_distribution=tfd.Categorical(logits=rng.normal(size=500).astype("float32")),
+        components_distribution=tfd.Independent(tfd.Normal(loc, scale), 1),
+    )
+    ours, reference = _DiagonalGaussianMixture(**parts), tfd.MixtureSameFamily(**parts)
+    z = reference.sample([3, 50], seed=tf.constant([1, 2]))  # near the components
+    largest = np.max(((z.numpy()[..., None, :] ** 2 + loc**2) / scale**2).sum(-1))
+    np.testing.assert_allclose(ours.log_prob(z), reference.log_prob(z), rtol=0, atol=float32_atol(largest))
+    assert ours.log_prob(z).shape == (3, 50)

