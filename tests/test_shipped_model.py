@@ -1,4 +1,9 @@
-"""The shipped export saved_models/binarized_mnist_vae/1, read as TF Serving reads it."""
+"""The shipped exports saved_models/binarized_mnist_vae/<version>, read as TF Serving reads them.
+
+Every version in the directory is checked: its signatures answer from a
+graph-session load (TF Serving's C++ loader path), agree with each other, and
+reproduce the validation ELBO recorded beside it.
+"""
 
 import json
 import os
@@ -12,27 +17,39 @@ from conftest import shared_data_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASE = os.path.join(HERE, "..", "saved_models", "binarized_mnist_vae")
-EXPORT = os.path.join(BASE, "1")
-EVALUATION = os.path.join(BASE, "evaluation-v1-validation.json")
-
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(EXPORT, "saved_model.pb")),
-    reason="the shipped export is not in this checkout",
+VERSIONS = sorted(
+    (v for v in (os.listdir(BASE) if os.path.isdir(BASE) else []) if v.isdigit()), key=int
 )
 
+pytestmark = pytest.mark.skipif(not VERSIONS, reason="no shipped export in this checkout")
 
-@pytest.fixture(scope="module")
-def session():
+
+def _description(version):
+    """The export's description asset, or None for exports made before it."""
+    path = os.path.join(BASE, version, "assets", "keras_vae.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _standard_prior(version):
+    description = _description(version)
+    return description is None or description["prior"]["class_name"] == "StandardNormalPrior"
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def session(request):
     graph = tf.Graph()
     with graph.as_default():
         sess = tf.compat.v1.Session(graph=graph)
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], EXPORT)
-    yield sess, meta
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], os.path.join(BASE, request.param))
+    yield sess, meta, request.param
     sess.close()
 
 
 def _run(session, signature, **inputs):
-    sess, meta = session
+    sess, meta, _ = session
     sig = meta.signature_def[signature]
     feeds = {sig.inputs[k].name: v for k, v in inputs.items()}
     return sess.run({k: v.name for k, v in sig.outputs.items()}, feeds)
@@ -44,7 +61,7 @@ def _images(n):
 
 
 def test_shipped_export_has_every_signature_with_free_batch_dimension(session):
-    _, meta = session
+    _, meta, _ = session
     assert set(meta.signature_def) >= {
         "serving_default", "encode", "decode", "prior_log_prob", "elbo", "sample"
     }
@@ -53,6 +70,7 @@ def test_shipped_export_has_every_signature_with_free_batch_dimension(session):
 
 
 def test_shipped_export_signatures_agree_with_each_other(session):
+    version = session[2]
     x = _images(8)
     encoded = _run(session, "encode", x=x)
     latent_dim = encoded["loc"].shape[1]
@@ -69,8 +87,12 @@ def test_shipped_export_signatures_agree_with_each_other(session):
     expit = np.exp(-np.logaddexp(0.0, -decoded["logits"].astype("float64")))
     np.testing.assert_allclose(decoded["mean"], expit, rtol=0, atol=float32_atol(1.0))
     log_prob = _run(session, "prior_log_prob", z=np.zeros((2, latent_dim), "float32"))["log_prob"]
-    expected = -0.5 * latent_dim * np.log(2 * np.pi)
-    np.testing.assert_allclose(log_prob, expected, rtol=0, atol=float32_atol(expected))
+    if _standard_prior(version):
+        expected = -0.5 * latent_dim * np.log(2 * np.pi)
+        np.testing.assert_allclose(log_prob, expected, rtol=0, atol=float32_atol(expected))
+    else:
+        # A learned prior: a density, the same for the same code.
+        assert np.all(np.isfinite(log_prob)) and log_prob[0] == log_prob[1]
     sample = _run(session, "sample", num=np.int32(3))["mean"]
     assert sample.shape == (3, 28, 28, 1) and 0 <= sample.min() and sample.max() <= 1
     terms = _run(session, "elbo", x=x)
@@ -78,19 +100,27 @@ def test_shipped_export_signatures_agree_with_each_other(session):
 
 
 def test_shipped_export_reproduces_its_recorded_validation_elbo(session):
+    version = session[2]
     data_dir = shared_data_dir()
     if data_dir is None:
         pytest.skip("binarized_mnist is not prepared on this machine")
     from keras_vae import data
 
-    with open(EVALUATION) as f:
+    with open(os.path.join(BASE, f"evaluation-v{version}-validation.json")) as f:
         recorded = json.load(f)["splits"]["validation"]
     elbos, kls = [], []
     for batch in data.load("binarized_mnist", "validation", batch_size=1000, shuffle=False, data_dir=data_dir):
         terms = _run(session, "elbo", x=batch.numpy().astype("float32"))
         elbos.append(terms["elbo"])
         kls.append(terms["kl"])
+    kls, elbos = np.concatenate(kls), np.concatenate(elbos)
+    if _standard_prior(version):
+        # The KL is analytic: the same numbers as the record's.
+        assert np.mean(kls) == pytest.approx(recorded["kl"], abs=1e-3)
+    else:
+        # A Monte Carlo KL, one sample per image, against the record's other
+        # samples: agreement within 5 standard errors of the mean.
+        assert abs(np.mean(kls) - recorded["kl"]) < 5 * np.std(kls) / np.sqrt(kls.size) + 0.05
     # One sample per image in the signature against k=5000 in the record: the
-    # means over 10,000 images agree to well under a nat; the KL is analytic.
-    assert np.mean(np.concatenate(kls)) == pytest.approx(recorded["kl"], abs=1e-3)
-    assert np.mean(np.concatenate(elbos)) == pytest.approx(recorded["elbo"], abs=0.5)
+    # means over 10,000 images agree to well under a nat.
+    assert np.mean(elbos) == pytest.approx(recorded["elbo"], abs=0.5)
