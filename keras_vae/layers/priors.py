@@ -11,8 +11,19 @@ from keras_vae.layers import _dense_stack
 tfd = tfp.distributions
 
 
+class _Prior(keras.layers.Layer):
+    """What every prior shares: `call(z)` is log p(z) of `distribution()`."""
+
+    def call(self, inputs):
+        z = tf.cast(inputs, self.compute_dtype)
+        return self.distribution(z.dtype).log_prob(z)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+
 @keras.saving.register_keras_serializable(package="keras_vae")
-class StandardNormalPrior(keras.layers.Layer):
+class StandardNormalPrior(_Prior):
     """The standard normal prior p(z) = N(0, I) of the classic VAE.
 
     A layer (with no weights) so that a model tracks and serializes it like its
@@ -59,13 +70,6 @@ class StandardNormalPrior(keras.layers.Layer):
             tfd.Normal(loc=zeros, scale=tf.ones_like(zeros)),
             reinterpreted_batch_ndims=1,
         )
-
-    def call(self, inputs):
-        z = tf.cast(inputs, self.compute_dtype)
-        return self.distribution(z.dtype).log_prob(z)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1])
 
     def get_config(self):
         config = super().get_config()
@@ -120,7 +124,7 @@ class _Holder:
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class MixtureOfGaussiansPrior(keras.layers.Layer):
+class MixtureOfGaussiansPrior(_Prior):
     """A learned prior: a mixture of K diagonal Gaussians.
 
     p(z) = sum_k pi_k N(z; mu_k, diag(sigma_k^2)), with learned mixture logits
@@ -187,13 +191,6 @@ class MixtureOfGaussiansPrior(keras.layers.Layer):
             components_distribution=tfd.Independent(tfd.Normal(loc, scale), 1),
         )
 
-    def call(self, inputs):
-        z = tf.cast(inputs, self.compute_dtype)
-        return self.distribution(z.dtype).log_prob(z)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1])
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -208,7 +205,7 @@ class MixtureOfGaussiansPrior(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VampPrior(keras.layers.Layer):
+class VampPrior(_Prior):
     """The VampPrior (Tomczak & Welling 2018): a mixture of the model's own
     posteriors at K learned pseudo-inputs.
 
@@ -338,13 +335,6 @@ class VampPrior(keras.layers.Layer):
             mixture_distribution=tfd.Categorical(logits=tf.zeros([self.num_components], dtype)),
             components_distribution=components,
         )
-
-    def call(self, inputs):
-        z = tf.cast(inputs, self.compute_dtype)
-        return self.distribution(z.dtype).log_prob(z)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1])
 
     def get_config(self):
         config = super().get_config()
