@@ -191,25 +191,23 @@ class InputChecks:
             )
         ]
 
+    def _wrap_step_function(self, kind, force, step=None):
+        """Keras's `make_<kind>_function`, its result wrapped by
+        `_raising_input_errors` once (Keras caches it in `<kind>_function`)."""
+        attribute = f"{kind}_function"
+        if getattr(self, attribute) is not None and not force:
+            return getattr(self, attribute)
+        getattr(super(), f"make_{kind}_function")(force=True)
+        setattr(self, attribute, _raising_input_errors(getattr(self, attribute), step=step))
+        return getattr(self, attribute)
+
     def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force=True)
-        self.train_function = _raising_input_errors(
-            self.train_function, step=lambda: int(self.optimizer.iterations.numpy())
+        return self._wrap_step_function(
+            "train", force, step=lambda: int(self.optimizer.iterations.numpy())
         )
-        return self.train_function
 
     def make_test_function(self, force=False):
-        if self.test_function is not None and not force:
-            return self.test_function
-        super().make_test_function(force=True)
-        self.test_function = _raising_input_errors(self.test_function)
-        return self.test_function
+        return self._wrap_step_function("test", force)
 
     def make_predict_function(self, force=False):
-        if self.predict_function is not None and not force:
-            return self.predict_function
-        super().make_predict_function(force=True)
-        self.predict_function = _raising_input_errors(self.predict_function)
-        return self.predict_function
+        return self._wrap_step_function("predict", force)
