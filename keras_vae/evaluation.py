@@ -80,8 +80,8 @@ class _ImportanceSampler:
         """
         seed = tf.constant([seed, 0], tf.int64) if isinstance(seed, int) else seed
         batch = int(x.shape[0])
-        # Numbers held per sample: the image's pixels, or the prior's
-        # components x latents for a mixture prior, whichever is larger.
+        # Numbers held per sample: the image's pixels, or what the prior's
+        # log-density holds per code (`elements_per_code`), whichever is larger.
         event_size = max(
             math.prod(x.shape[1:]), getattr(self.model.prior, "elements_per_code", 0)
         )

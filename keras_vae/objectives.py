@@ -15,7 +15,7 @@ import tensorflow as tf
 __all__ = ["iwae_bound", "iwae_objective", "log_importance_weights"]
 
 
-def log_importance_weights(model, x, q, z, training=False):
+def log_importance_weights(model, x, q, z, training=False, prior=None):
     """log p(x|z) + log p(z) - log q(z|x) for samples `z` of shape `[S, B, L]`.
 
     The decoder runs on the flattened `[S * B, L]` codes (plain matrix
@@ -27,6 +27,8 @@ def log_importance_weights(model, x, q, z, training=False):
         q: q(z|x), batch shape `[B]`.
         z: Samples of q, `[S, B, L]`.
         training: Passed to the decoder.
+        prior: p(z) as a distribution, if the caller has it already (a
+            learned prior costs work to build); else `model.prior.distribution()`.
 
     Returns:
         A tuple `(log_w, log_px_given_z)` of `[S, B]` tensors.
@@ -37,7 +39,9 @@ def log_importance_weights(model, x, q, z, training=False):
     p = model.decoder(flat_z, training=training)
     x_tiled = tf.tile(x, tf.concat([[num_samples], tf.ones([x.shape.rank - 1], tf.int32)], 0))
     log_px_given_z = tf.reshape(p.log_prob(x_tiled), [num_samples, batch])
-    log_pz = model.prior.distribution(z.dtype).log_prob(z)
+    if prior is None:
+        prior = model.prior.distribution(z.dtype)
+    log_pz = prior.log_prob(z)
     log_qz = q.log_prob(z)
     return log_px_given_z + log_pz - log_qz, log_px_given_z
 

@@ -123,8 +123,18 @@ class _Holder:
         self.layer = layer
 
 
+class _MixturePrior(_Prior):
+    """A prior whose p(z) is a `_DiagonalGaussianMixture` of `num_components`."""
+
+    @property
+    def elements_per_code(self):
+        """Numbers log p(z) holds per code (memory of the evaluation): one
+        per component (`_DiagonalGaussianMixture`)."""
+        return self.num_components
+
+
 @keras.saving.register_keras_serializable(package="keras_vae")
-class MixtureOfGaussiansPrior(_Prior):
+class MixtureOfGaussiansPrior(_MixturePrior):
     """A learned prior: a mixture of K diagonal Gaussians.
 
     p(z) = sum_k pi_k N(z; mu_k, diag(sigma_k^2)), with learned mixture logits
@@ -175,12 +185,6 @@ class MixtureOfGaussiansPrior(_Prior):
             shape=(k, l), initializer=keras.initializers.Constant(raw), name="raw_scale"
         )
 
-    @property
-    def elements_per_code(self):
-        """Numbers log p(z) holds per code (memory of the evaluation): one
-        per component (`_DiagonalGaussianMixture`)."""
-        return self.num_components
-
     def distribution(self, dtype=None):
         """p(z) as a `tfd.MixtureSameFamily` with event shape `[latent_dim]`."""
         dtype = dtype or self.compute_dtype
@@ -205,7 +209,7 @@ class MixtureOfGaussiansPrior(_Prior):
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VampPrior(_Prior):
+class VampPrior(_MixturePrior):
     """The VampPrior (Tomczak & Welling 2018): a mixture of the model's own
     posteriors at K learned pseudo-inputs.
 
@@ -315,12 +319,6 @@ class VampPrior(_Prior):
         if self.pseudo_input_range is not None:
             u = tf.clip_by_value(u, *self.pseudo_input_range)
         return u
-
-    @property
-    def elements_per_code(self):
-        """Numbers log p(z) holds per code (memory of the evaluation): one
-        per component (`_DiagonalGaussianMixture`)."""
-        return self.num_components
 
     def distribution(self, dtype=None):
         """p(z) = (1/K) sum_k q(z|u_k) as a `tfd.MixtureSameFamily`."""

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_vae import kl as kl_lib
 from keras_vae import objectives
 from keras_vae._random import stateless_seed
+from keras_vae.layers import _dense_stack
 from keras_vae.layers.priors import StandardNormalPrior
 from keras_vae.models import _distribution
 from keras_vae.models._inputs import InputChecks
@@ -105,10 +106,7 @@ class VAE(InputChecks, keras.Model):
         super().__init__(**kwargs)
         if objective not in OBJECTIVES:
             raise ValueError(f"Expected objective in {OBJECTIVES}. Received: objective={objective!r}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
-                f"Expected `num_samples` to be a positive integer. Received: num_samples={num_samples!r}"
-            )
+        _dense_stack.check_positive_int("num_samples", num_samples)
         if hasattr(prior, "attach_encoder"):
             prior.attach_encoder(encoder)
         latent_dim = getattr(encoder, "latent_dim", None)
@@ -291,9 +289,13 @@ class VAE(InputChecks, keras.Model):
             return terms
         q = self.encoder(x, training=training)
         z = q.sample(self.num_samples, seed=stateless_seed(self.seed_generator))
-        log_w, log_px_given_z = objectives.log_importance_weights(self, x, q, z, training=training)
+        # Built once per step: a VampPrior runs the encoder to build it.
+        prior = self.prior.distribution()
+        log_w, log_px_given_z = objectives.log_importance_weights(
+            self, x, q, z, training=training, prior=prior
+        )
         log_ratio = log_px_given_z - log_w
-        kl = kl_lib.analytic_kl(q, self.prior.distribution())
+        kl = kl_lib.analytic_kl(q, prior)
         if kl is None:
             kl = tf.reduce_mean(log_ratio, axis=0)
         reconstruction = tf.reduce_mean(log_px_given_z, axis=0)
