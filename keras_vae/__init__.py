@@ -3,9 +3,9 @@
 The public API is what `__all__` lists: the model and layers below, and the
 modules `architectures`, `backup`, `callbacks`, `config`, `data`,
 `distribute`, `evaluation`, `export`, `exported`, `kl`, `layers`, `models`,
-`objectives`, `optimizers`, `plotting`, `saving`, `serving` and `training`, each with its own `__all__`. All are reachable after
+`objectives`, `optimizers`, `plotting`, `report`, `saving`, `serving`, `sweep` and `training`, each with its own `__all__`. All are reachable after
 `import keras_vae` (e.g. `keras_vae.callbacks.KLWarmup`); `config`, `data`,
-`plotting` and `training` are imported on first use (PEP 562), so importing
+`plotting`, `report`, `sweep` and `training` are imported on first use (PEP 562), so importing
 the package does not load matplotlib.pyplot, SciPy or TensorFlow Datasets.
 Modules and names with a leading underscore are private.
 
@@ -45,9 +45,10 @@ from keras_vae.models import VAE
 __version__ = "0.2.0"
 
 # Public modules imported when first used: `keras_vae.plotting` imports
-# matplotlib and SciPy, `data` (and `training`, which uses it) TensorFlow
-# Datasets; `config` is cheap but lets `tools/` read it without the package.
-_LAZY_MODULES = ("config", "data", "plotting", "training")
+# matplotlib and SciPy, `data` (and `training` and `report`, which use it) TensorFlow
+# Datasets; `config` and `sweep` are cheap (standard library at import) but
+# let `tools/` read them without the package.
+_LAZY_MODULES = ("config", "data", "plotting", "report", "sweep", "training")
 
 __all__ = [
     "VAE",
@@ -72,8 +73,10 @@ __all__ = [
     "objectives",
     "optimizers",
     "plotting",
+    "report",
     "saving",
     "serving",
+    "sweep",
     "training",
 ]
 

@@ -180,6 +180,12 @@ class TrainConfig:
     verbose: int = _option(
         1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch", choices=(0, 1, 2)
     )
+    tensorboard_images_every: int = _option(
+        1,
+        "every N epochs (and at the end), write reconstructions and prior samples "
+        "(Images tab) and the latent means of 1000 held-out images (Projector tab) "
+        "to the TensorBoard logs, run 'images' (0: off)",
+    )
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -206,7 +212,10 @@ class TrainConfig:
                 raise ValueError(
                     f"Expected `{name}` to be a positive integer. Received: {name}={value!r}"
                 )
-        for name in ("warmup_epochs", "lr_halve_every", "patience", "backup_every"):
+        for name in (
+            "warmup_epochs", "lr_halve_every", "patience", "backup_every",
+            "tensorboard_images_every",
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is None and name == "warmup_epochs":
                 continue

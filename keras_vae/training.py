@@ -206,6 +206,39 @@ def _resolve_warmup(config, previous_config_path):
     return dataclasses.replace(config, warmup_epochs=warmup)
 
 
+# Held-out images TensorBoardImages reconstructs and embeds for the projector.
+_TENSORBOARD_EXAMPLES = 1000
+
+
+def _tensorboard_images(config, log_dir):
+    """The run's `TensorBoardImages` callback (see `train`).
+
+    It shows the first `_TENSORBOARD_EXAMPLES` (1000) images of the
+    validation split (of the training split when there is none), with their
+    labels when the dataset has labels.
+    """
+    from keras_vae.callbacks import TensorBoardImages
+
+    ds = data_lib.load(
+        config.dataset,
+        config.validation_split or config.train_split,
+        batch_size=_TENSORBOARD_EXAMPLES,
+        shuffle=False,
+        data_dir=config.data_dir,
+        with_labels=True,
+        take=config.take,
+    )
+    images, labels = (t.numpy() for t in next(iter(ds)))
+    return TensorBoardImages(
+        log_dir,
+        images,
+        labels=labels if (labels >= 0).any() else None,  # -1: no labels
+        every_n_epochs=config.tensorboard_images_every,
+        projector_examples=_TENSORBOARD_EXAMPLES,
+        seed=config.seed,
+    )
+
+
 def train(config, fresh=False, strategy=None):
     """Trains a VAE as `config` says; continues the run in `output_dir` if any.
 
@@ -225,6 +258,14 @@ def train(config, fresh=False, strategy=None):
     `status.json` records the step reached, how early stopping ended the run
     and `train_seconds`, the wall time of all sessions summed (see
     `read_status`).
+
+    TensorBoard: `<output_dir>/tensorboard` holds the runs `train` and
+    `validation` (`keras.callbacks.TensorBoard`: the epoch metrics) and,
+    unless `config.tensorboard_images_every` is 0, `images`
+    (`keras_vae.callbacks.TensorBoardImages`: reconstructions, samples from
+    the prior and the projector's latent means of the first 1000 validation
+    images, every that many epochs and at the end). Open it with
+    `tensorboard --logdir <output_dir>/tensorboard`.
 
     KL warm-up: `config.warmup_epochs=None` is decided here (see
     `TrainConfig`) and written to `config.json`.
@@ -359,6 +400,8 @@ def train(config, fresh=False, strategy=None):
         keras.callbacks.TensorBoard(side["tensorboard"]),
         status_writer,
     ]
+    if chief and config.tensorboard_images_every:
+        callbacks.append(_tensorboard_images(config, files["tensorboard"]))
     early_stopping = None
     if config.patience:
         early_stopping = keras.callbacks.EarlyStopping(

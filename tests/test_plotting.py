@@ -185,7 +185,250 @@ def test_plot_all_writes_every_plot_that_applies_from_the_images_it_is_given(lat
     history = {"loss": [60.0, 50.0, 45.0, 44.0], "elbo": [-60.0, -50.0, -45.0, -44.0]}
     written = plotting.plot_all(vae, history, x[:100], str(tmp_path), labels=labels[:100], seed=1)
     names = sorted(os.path.basename(p) for p in written)
-    expected = ["latent_space.png", "reconstructions.png", "samples.png", "training_curves.png"]
+    expected = [
+        "interpolations.png", "latent_space.png", "reconstructions.png", "samples.png",
+        "training_curves.png", "traversals.png",
+    ]  # fmt: skip
     assert names == sorted(expected + (["manifold.png"] if latent == 2 else []))
     for path in written:
         _check_png(path, path)
+
+
+# ------------------------------------------------ traversals, interpolations
+
+# Decoder means are sigmoids of logits of size ~1 from a 16-unit MLP: two
+# batches of other sizes agree to a few float32 roundings of 1 (1e-5 is ~80).
+DECODE_ATOL = 1e-5
+
+
+@pytest.mark.parametrize("prior", ["standard", "mixture"])
+def test_traversal_rows_decode_the_posterior_mean_with_one_unit_moved_most_active_first(prior, module_prototype_images):
+    from keras_vae.layers import MixtureOfGaussiansPrior
+
+    keras.utils.set_random_seed(0)
+    vae = keras_vae.VAE(
+        GaussianEncoder(5, hidden_units=(16,)),
+        BernoulliDecoder((8, 8, 1), hidden_units=(16,)),
+        prior=MixtureOfGaussiansPrior(5, 3) if prior == "mixture" else None,
+        seed=0,
+        input_shape=(None, 8, 8, 1),
+    )
+    x = module_prototype_images[0][:200]
+    t = plotting.latent_traversals(vae, x, num_dims=3, num_steps=5, span=2.0, index=7)
+
+    # Activity: the variance over x of each unit's posterior mean; rows are
+    # the three largest, in decreasing order.
+    means = vae.encode(x).mean().numpy().astype(np.float64)
+    activity = means.var(axis=0)
+    np.testing.assert_allclose(t["activity"], activity, rtol=1e-6)
+    assert list(t["dims"]) == list(np.argsort(activity)[::-1][:3])
+    assert t["num_active"] == int(np.sum(activity > 0.01))
+
+    # Row r: the code of x[7] with unit dims[r] moved by -2..2 prior std.
+    scale = vae.prior.distribution().stddev().numpy()
+    if prior == "standard":
+        np.testing.assert_array_equal(scale, np.ones(5))
+    np.testing.assert_allclose(t["offsets"], [-2, -1, 0, 1, 2])
+    assert t["images"].shape == (3, 5, 8, 8, 1)
+    for row, dim in enumerate(t["dims"]):
+        codes = np.tile(means[7], (5, 1))
+        codes[:, dim] += np.array([-2, -1, 0, 1, 2]) * scale[dim]
+        np.testing.assert_allclose(t["codes"][row], codes, atol=1e-6)
+        expected = vae.decode(codes.astype("float32")).mean().numpy()
+        np.testing.assert_allclose(t["images"][row], expected, rtol=0, atol=DECODE_ATOL)
+    # The middle column is the reconstruction of x[7].
+    reconstruction = vae.reconstruct(x[7:8]).mean().numpy()[0]
+    for row in range(3):
+        np.testing.assert_allclose(t["images"][row, 2], reconstruction, rtol=0, atol=DECODE_ATOL)
+
+
+def test_traversals_have_at_most_latent_dim_rows_and_refuse_bad_arguments(vae2, module_prototype_images):
+    x = module_prototype_images[0][:50]
+    t = plotting.latent_traversals(vae2, x, num_dims=10, num_steps=3)
+    assert sorted(t["dims"]) == [0, 1] and t["images"].shape[:2] == (2, 3)
+    with pytest.raises(ValueError, match="Expected `num_dims` to be a positive integer. Received: num_dims=0"):
+        plotting.latent_traversals(vae2, x, num_dims=0)
+    with pytest.raises(ValueError, match="Expected `num_steps` to be an integer >= 2. Received: num_steps=1"):
+        plotting.latent_traversals(vae2, x, num_steps=1)
+    with pytest.raises(ValueError, match=r"Expected 0 <= index < 50 .*Received: index=50"):
+        plotting.latent_traversals(vae2, x, index=50)
+
+
+def test_plot_traversals_writes_one_row_per_unit(vae3, module_prototype_images, tmp_path):
+    x = module_prototype_images[0][:100]
+    path = tmp_path / "traversals.png"
+    image = _check_png(path, plotting.plot_traversals(vae3, x, str(path), num_dims=3, num_steps=7))
+    height, width = image.shape[:2]
+    assert width > height  # 3 rows of 1 input + 7 codes
+    fewer = tmp_path / "one_row.png"
+    one_row = _check_png(fewer, plotting.plot_traversals(vae3, x, str(fewer), num_dims=1, num_steps=7))
+    assert one_row.shape[0] < height
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_interpolation_ends_are_the_reconstructions_of_the_pair(spherical, vae3, module_prototype_images):
+    x = module_prototype_images[0]
+    x_a, x_b = x[:4], x[4:8]
+    result = plotting.latent_interpolations(vae3, x_a, x_b, num_steps=5, spherical=spherical)
+    assert result["images"].shape == (4, 5, 8, 8, 1)
+    np.testing.assert_allclose(result["weights"], [0, 0.25, 0.5, 0.75, 1])
+    z_a = vae3.encode(x_a).mean().numpy()
+    z_b = vae3.encode(x_b).mean().numpy()
+    np.testing.assert_array_equal(result["codes"][:, 0], z_a)
+    np.testing.assert_array_equal(result["codes"][:, -1], z_b)
+    for end, images in ((0, x_a), (-1, x_b)):
+        expected = vae3.reconstruct(images).mean().numpy()
+        np.testing.assert_allclose(result["images"][:, end], expected, rtol=0, atol=DECODE_ATOL)
+    middle = result["codes"][:, 2].astype(np.float64)
+    if spherical:
+        # On the great circle: the direction halfway, the mean of the norms.
+        a, b = z_a.astype(np.float64), z_b.astype(np.float64)
+        norm_a, norm_b = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
+        direction = a / norm_a + b / norm_b
+        expected = (norm_a + norm_b) / 2 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+        np.testing.assert_allclose(middle, expected, atol=1e-6)
+    else:
+        np.testing.assert_allclose(middle, (z_a.astype(np.float64) + z_b) / 2, atol=1e-6)
+    expected = vae3.decode(result["codes"][:, 2]).mean().numpy()
+    np.testing.assert_allclose(result["images"][:, 2], expected, rtol=0, atol=DECODE_ATOL)
+
+
+def test_slerp_follows_the_great_circle_and_is_linear_for_parallel_codes():
+    t = np.array([0.0, 0.5, 1.0])
+    path = plotting._slerp(np.array([[2.0, 0.0]]), np.array([[0.0, 2.0]]), t)[0]
+    np.testing.assert_allclose(path, [[2, 0], [np.sqrt(2), np.sqrt(2)], [0, 2]], atol=1e-12)
+    # Norms 1 and 3: the direction turns evenly, the norm goes 1, 2, 3.
+    path = plotting._slerp(np.array([[1.0, 0.0]]), np.array([[0.0, 3.0]]), t)[0]
+    np.testing.assert_allclose(path, [[1, 0], [np.sqrt(2), np.sqrt(2)], [0, 3]], atol=1e-12)
+    parallel = plotting._slerp(np.array([[1.0, 1.0]]), np.array([[3.0, 3.0]]), t)[0]
+    np.testing.assert_allclose(parallel, [[1, 1], [2, 2], [3, 3]], atol=1e-12)
+
+
+def test_interpolations_refuse_pairs_of_different_shapes_and_too_few_steps(vae2, module_prototype_images):
+    x = module_prototype_images[0]
+    with pytest.raises(ValueError, match=r"x_a.shape=\(3, 8, 8, 1\), x_b.shape=\(2, 8, 8, 1\)"):
+        plotting.latent_interpolations(vae2, x[:3], x[3:5])
+    with pytest.raises(ValueError, match="Received: num_steps=1"):
+        plotting.latent_interpolations(vae2, x[:3], x[3:6], num_steps=1)
+
+
+def test_plot_interpolations_writes_one_row_per_pair(vae2, module_prototype_images, tmp_path):
+    x = module_prototype_images[0]
+    path = tmp_path / "interpolations.png"
+    image = _check_png(path, plotting.plot_interpolations(vae2, x[:3], x[3:6], str(path), num_steps=6))
+    height, width = image.shape[:2]
+    assert width > 1.5 * height  # 3 rows of x_a, 6 codes, x_b
+
+
+# ------------------------------------------------------------ training curves
+
+
+@pytest.fixture
+def curves_figure(monkeypatch):
+    """`curves_figure(history)` -> the figure `plot_training_curves` saves
+    (left open for inspection; closed at teardown)."""
+    figures = []
+    save = plotting._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        fig.savefig(path)  # still written, but not closed
+        return path
+
+    monkeypatch.setattr(plotting, "_save", keep)
+
+    def draw(history):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as directory:
+            plotting.plot_training_curves(history, os.path.join(directory, "curves.png"))
+        return figures[-1]
+
+    yield draw
+    monkeypatch.setattr(plotting, "_save", save)
+    plt.close("all")
+
+
+def _panels(fig):
+    """{key: axes} of the four panels (the first axes, row by row)."""
+    return dict(zip(("loss", "reconstruction", "kl", "elbo"), fig.axes[:4]))
+
+
+def _history(elbo, val_shift=2.0):
+    """A history whose loss, reconstruction and KL follow `elbo`."""
+    elbo = np.asarray(elbo, np.float64)
+    history = {
+        "elbo": list(elbo),
+        "loss": list(-elbo),
+        "reconstruction": list(0.8 * elbo),
+        "kl": list(-0.2 * elbo),
+        "beta": list(np.linspace(0, 1, len(elbo))),
+    }
+    history.update({f"val_{k}": [v + val_shift for v in history[k]] for k in ("elbo", "loss", "reconstruction", "kl")})
+    return history
+
+
+def test_training_curves_leave_a_huge_first_epoch_off_the_axis_and_keep_the_others(curves_figure):
+    elbo = [-5000.0, -130.0, -118.0, -110.0, -106.0, -104.0]
+    fig = curves_figure(_history(elbo))
+    panels = _panels(fig)
+    history = _history(elbo)
+    for key, ax in panels.items():
+        values = np.array([history[key], history[f"val_{key}"]])
+        bottom, top = ax.get_ylim()
+        # Every epoch from the second on is on the axis, epoch 1 is not ...
+        assert bottom <= values[:, 1:].min() and top >= values[:, 1:].max(), key
+        assert not (bottom <= values[0, 0] <= top), key
+        # ... and the axis is not stretched far beyond the later epochs.
+        assert top - bottom < 1.5 * np.ptp(values[:, 1:]), key
+        assert "epoch 1 off scale" in ax.get_title(), key
+
+
+def test_training_curves_of_two_epochs_show_both_and_of_three_leave_a_huge_first_off(curves_figure):
+    two = _history([-5000.0, -130.0])
+    ax = _panels(curves_figure(two))["elbo"]
+    bottom, top = ax.get_ylim()
+    assert bottom <= min(two["elbo"] + two["val_elbo"]) and top >= max(two["elbo"] + two["val_elbo"])
+    assert "off scale" not in ax.get_title()
+
+    three = _history([-5000.0, -130.0, -120.0])
+    ax = _panels(curves_figure(three))["elbo"]
+    bottom, top = ax.get_ylim()
+    assert -5000.0 < bottom <= -130.0 and top >= -118.0
+    assert top - bottom < 20  # the epochs 2-3 (a 12-nat range) fill the axis
+
+    # A first epoch close to the others stays on the axis.
+    close = _history([-150.0, -130.0, -120.0])
+    ax = _panels(curves_figure(close))["elbo"]
+    assert ax.get_ylim()[0] <= -150.0 and "off scale" not in ax.get_title()
+
+
+def test_training_curves_of_a_long_run_keep_the_best_epochs_on_the_axis(curves_figure):
+    # 40 epochs converging from far below: a few of the worst early epochs may
+    # be off the axis, the best (last) ones never.
+    elbo = list(-90.0 - 400.0 * np.exp(-np.arange(40) / 2.0))
+    history = _history(elbo)
+    ax = _panels(curves_figure(history))["elbo"]
+    bottom, top = ax.get_ylim()
+    assert top >= max(history["val_elbo"]) and bottom <= history["elbo"][-1] - 1
+    assert bottom > -250  # the early epochs (down to -490) do not crush the converged part
+    assert "off scale: epochs 1-" in ax.get_title()
+
+
+def test_training_curves_label_their_axes_and_keep_legends_off_the_panels(curves_figure):
+    fig = curves_figure(_history([-200.0, -150.0, -130.0, -120.0]))
+    panels = _panels(fig)
+    assert len(panels) == 4
+    for ax in panels.values():
+        assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "nats per example"
+        assert ax.get_legend() is None  # no legend inside a panel ...
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs
+    (legend,) = fig.legends  # ... one for the figure, above the panels
+    labels = [text.get_text() for text in legend.get_texts()]
+    assert labels == ["train", "validation", "beta (KL weight, right axis)"]
+    (twin,) = [ax for ax in fig.axes if ax.get_ylabel() == "beta (dotted)"]
+    assert twin.get_ylim()[0] == 0 and twin.get_ylim()[1] >= 1
+    legend_box = legend.get_window_extent(fig.canvas.get_renderer())
+    for ax in fig.axes:
+        assert not legend_box.overlaps(ax.get_window_extent(fig.canvas.get_renderer()))

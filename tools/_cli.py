@@ -15,7 +15,8 @@ with it TensorFlow, after parsing their arguments).
   either instead. Any other exception (a bug) keeps its traceback.
 - `config_module()`: `keras_vae/config.py` (the declaration of
   `TrainConfig`, standard library only), loaded without running
-  `keras_vae/__init__.py`, which imports TensorFlow.
+  `keras_vae/__init__.py`, which imports TensorFlow; `package_module(name)`
+  does the same for any such module of keras_vae (e.g. `sweep`).
 - `add_dataclass_arguments(parser, TrainConfig)`: one option per field.
 """
 
@@ -141,12 +142,19 @@ def config_module():
     build their `TrainConfig` from `keras_vae.training` once TensorFlow is
     imported anyway. If keras_vae is imported already, its module is used.
     """
-    if "keras_vae.config" in sys.modules:
-        return sys.modules["keras_vae.config"]
-    name = "_keras_vae_config"
+    return package_module("config")
+
+
+def package_module(stem):
+    """`keras_vae/<stem>.py` without importing the package (see
+    `config_module`); only for modules whose top level imports nothing but
+    the standard library (`config`, `sweep`)."""
+    if f"keras_vae.{stem}" in sys.modules:
+        return sys.modules[f"keras_vae.{stem}"]
+    name = f"_keras_vae_{stem}"
     if name not in sys.modules:
         package = importlib.util.find_spec("keras_vae")  # finds, does not import
-        path = os.path.join(package.submodule_search_locations[0], "config.py")
+        path = os.path.join(package.submodule_search_locations[0], f"{stem}.py")
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses looks the module up
@@ -167,7 +175,7 @@ def _argument_type(convert):
     return argument
 
 
-def add_dataclass_arguments(group, cls):
+def add_dataclass_arguments(group, cls, skip=(), defaults=None):
     """Adds one option per field of the dataclass `cls` to `group`.
 
     `field_name` gives `--field-name` with the field's default; its
@@ -175,13 +183,23 @@ def add_dataclass_arguments(group, cls):
     the field's annotation). A tuple default is shown, and parsed, as
     comma-separated values.
 
+    Args:
+        group: A parser or argument group.
+        cls: The dataclass.
+        skip: Names of fields that get no option (the tool sets them).
+        defaults: Optional `{field name: default}` replacing the fields'
+            own defaults (e.g. a shorter `epochs` for a tool's runs).
+
     Returns:
         The field names, to collect the parsed values with `dataclass_values`.
     """
     names = []
+    defaults = defaults or {}
     for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
         metadata = field.metadata
-        default = field.default
+        default = defaults.get(field.name, field.default)
         if isinstance(default, tuple):
             default = ",".join(str(v) for v in default)
         convert = metadata.get("type")

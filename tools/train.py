@@ -8,10 +8,11 @@ Example (the README's main job):
 (TFDS downloads binarized_mnist on first use; offline, point --data-dir or
 $TFDS_DATA_DIR at a directory where it is prepared.)
 
-The run goes to runs/<name>/ and its export to saved_models/<name>/<version>/,
-with <name> = <dataset>_run unless --name is given (a shipped model's
-directory, e.g. saved_models/binarized_mnist_vae, only gets a new version
-from a run named so on purpose).
+The run goes to runs/<name>/ (with report.html: one self-contained page of its
+configuration, training, evaluation and plots) and its export to
+saved_models/<name>/<version>/, with <name> = <dataset>_run unless --name is
+given (a shipped model's directory, e.g. saved_models/binarized_mnist_vae,
+only gets a new version from a run named so on purpose).
 
 The loss printed is -(reconstruction - beta * KL): it rises during the KL
 warm-up (--warmup-epochs) while beta grows. The ELBO (elbo, val_elbo) is the
@@ -130,6 +131,7 @@ def _write_report(path, report):
 def main(argv=None):
     args = parse_args(argv)
     from keras_vae import data, distribute, evaluation, training
+    from keras_vae import report as run_report  # report.html; `report` is evaluation.json's dict
 
     # Before any other TensorFlow work: devices and collectives are set up here.
     strategy = distribute.make_strategy(args.strategy, cpu_replicas=args.cpu_replicas)
@@ -175,13 +177,10 @@ def main(argv=None):
         print(evaluation.format_table(report["splits"]))
     _write_report(files["evaluation"], report)
     if not args.no_plots:
-        from keras_vae import plotting
-
-        ds = data.load(config.dataset, config.validation_split or "train", batch_size=2000, shuffle=False, data_dir=config.data_dir, with_labels=True, take=config.take)
-        images, labels = (t.numpy() for t in next(iter(ds)))
-        written = plotting.plot_all(model, history, images, files["plots"], labels=labels, seed=config.seed)
+        written = run_report.write_plots(config.output_dir, model=model, config=config, history=history)
         print("Plots: " + ", ".join(written))
     _export(args, model, files, report)
+    print(f"Report: {run_report.write_report(config.output_dir, include_plots=not args.no_plots)}")
     return report
 
 
@@ -201,14 +200,23 @@ def _complete(args, model, files, report):
     """A rerun of a run whose report is up to date: nothing is rewritten.
 
     Only an export that the report does not hold (it was skipped with
-    --export-dir '' or interrupted) is made now.
+    --export-dir '' or interrupted) is made now, and report.html is written
+    only if that export changed it or it does not exist (a run finished
+    before there were reports).
     """
+    from keras_vae import report as run_report
+
+    exported = report.get("export")
     if "export" in report and report["export"] is None:
         _export(args, model, files, report)
     print(
         f"Nothing new to evaluate or export: the results of this run are in "
         f"{files['evaluation']} (export: {report.get('export') or 'none'})."
     )
+    page = os.path.join(args.output_dir, run_report.REPORT_NAME)
+    if report.get("export") != exported or not os.path.exists(page):
+        run_report.write_report(args.output_dir, include_plots=not args.no_plots)
+    print(f"Report: {page}")
     return report
 
 
