@@ -117,6 +117,10 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def on_train_batch_begin(self, batch, logs=None):
+        # With steps_per_execution > 1 a call covers several steps.
+        self._first_step = int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is None or np.all(np.isfinite(loss)):
@@ -124,13 +128,22 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         self.model.stop_training = True
         # The step that produced it: iterations counts it already.
         step = int(self.model.optimizer.iterations.numpy()) - 1
+        first = getattr(self, "_first_step", step)
         if self.steps_per_epoch:
             epoch, batch = divmod(step, self.steps_per_epoch)
         else:
             epoch = self._epoch
+        where = f"at training step {step} (epoch {epoch}, batch {batch})"
+        if first < step:
+            # Several steps ran in one compiled call (steps_per_execution > 1):
+            # the loss is seen after the call.
+            where = (
+                f"in training steps {first}-{step}, run in one compiled call "
+                f"(the last one is epoch {epoch}, batch {batch})"
+            )
         message = (
-            f"The training loss became {float(np.asarray(loss)):g} at training step "
-            f"{step} (epoch {epoch}, batch {batch}); training stopped there. "
+            f"The training loss became {float(np.asarray(loss)):g} {where}; "
+            "training stopped there. "
             "Possible causes: a learning rate too high for this model, or a "
             "decoder scale collapsing to 0 (Gaussian likelihood)."
         )

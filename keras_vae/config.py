@@ -173,7 +173,11 @@ class TrainConfig:
     take: int = _option(
         None, "use only the first N examples of each split, for quick runs (default: all)"
     )
-    steps_per_execution: int = _option(1, "training steps per call of the compiled step")
+    steps_per_execution: int = _option(
+        0,
+        "training steps per call of the compiled step (0: automatic, the largest "
+        "divisor of the steps per epoch up to 16; 1 on several replicas)",
+    )
     backup_every: int = _option(
         0, "also back up the training state every N steps, not only at epoch ends (0: epoch ends only)"
     )
@@ -203,9 +207,14 @@ class TrainConfig:
                 raise ValueError(
                     f"Expected {name} in {choices}. Received: {name}={getattr(self, name)!r}"
                 )
+        value = self.steps_per_execution
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(
+                "Expected `steps_per_execution` to be an integer >= 0 (0: automatic). "
+                f"Received: steps_per_execution={value!r}"
+            )
         for name in (
-            "epochs", "batch_size", "latent_dim", "steps_per_execution",
-            "prior_components", "num_samples",
+            "epochs", "batch_size", "latent_dim", "prior_components", "num_samples",
         ):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

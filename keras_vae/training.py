@@ -345,7 +345,7 @@ def train(config, fresh=False, strategy=None):
             optimizer=make_optimizer(
                 config.learning_rate, config.lr_halve_every, steps_per_epoch
             ),
-            steps_per_execution=config.steps_per_execution,
+            steps_per_execution=config.steps_per_execution or "auto",
         )
         restore = not (fresh and chief)
         # Every worker must find the same backup, before any of them restores.

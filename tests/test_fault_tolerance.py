@@ -7,6 +7,7 @@ model, and are skipped when the data is not there.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import zipfile
 
 import keras
 import numpy as np
+import tensorflow as tf
 import pytest
 
 import keras_vae
@@ -36,6 +38,7 @@ def _weights(model):
 
 
 def _fit_with_backup(model, x, tmp_path, **kwargs):
+    model.compile(optimizer=model.optimizer, steps_per_execution=1)  # callbacks every step
     backup = TrainingBackup(tmp_path / "backup", **kwargs)
     model.fit(x, epochs=2, batch_size=16, shuffle=False, verbose=0, callbacks=[backup])
     return backup
@@ -152,7 +155,8 @@ class _RecordLosses(keras.callbacks.Callback):
 
 
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_backup(make_vae, binary_images, tmp_path):
-    model = make_vae(input_shape=(None, 8, 8, 1))
+    model = make_vae(input_shape=(None, 8, 8, 1), compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=1)
     backup = TrainingBackup(tmp_path / "backup", save_freq=2, steps_per_epoch=4)
     stop = StopOnNonFiniteLoss(backup, steps_per_epoch=4)
     record = _RecordLosses()
@@ -183,6 +187,22 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_backup(make_vae, bin
     assert all(np.all(np.isfinite(w)) for w in restored.get_weights())
 
 
+def test_nan_loss_with_several_steps_per_execution_names_the_execution(make_vae, binary_images, tmp_path):
+    # 4 steps per compiled call: the loss is seen after each call, so the
+    # error names the call's steps, and the backups (at call ends) stay finite.
+    model = make_vae(input_shape=(None, 8, 8, 1), compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=4)
+    backup = TrainingBackup(tmp_path / "backup", save_freq=4, steps_per_epoch=4)
+    stop = StopOnNonFiniteLoss(backup, steps_per_epoch=4)
+    with pytest.raises(NonFiniteLossError) as error:
+        model.fit(binary_images, epochs=4, batch_size=16, shuffle=False, verbose=0,
+                  callbacks=[_BreakWeightsAt(8), stop, backup])  # fmt: skip
+    message = str(error.value)
+    assert re.search(r"became nan in training steps (8-11|12-15), run in one compiled call \(the last one is epoch (2|3), batch 3\)", message), message
+    assert "last good backup, untouched, is step 4 (epoch 1, batch 0)" in message
+    assert backup.latest()["step"] == 4
+
+
 def test_train_reports_an_infinite_loss_and_writes_no_broken_state(mock_tfds, tmp_path):
     config = training.TrainConfig(
         hidden_units=(16,), latent_dim=2, epochs=2, batch_size=32, take=64,
@@ -190,7 +210,7 @@ def test_train_reports_an_infinite_loss_and_writes_no_broken_state(mock_tfds, tm
         backup_every=1, verbose=0,
     )  # fmt: skip
     with mock_tfds(num_examples=64, max_value=2):
-        with pytest.raises(NonFiniteLossError, match=r"became (nan|inf) at training step \d+ \(epoch 0"):
+        with pytest.raises(NonFiniteLossError, match=r"became (nan|inf) (at training step \d+ \(epoch 0|in training steps \d+-\d+, run in one compiled call \(the last one is epoch 0)"):
             training.train(config)
     state = TrainingBackup(tmp_path / "run" / "backup").latest()
     model = training.build_vae(config)
@@ -203,17 +223,22 @@ def test_a_nan_pixel_is_a_data_error_naming_the_step_and_is_not_trained_on(make_
     model = make_vae(input_shape=(None, 8, 8, 1))
     x = binary_images.copy()
     x[37, 2, 3, 0] = np.nan  # batch 2 of 16
-    with pytest.raises(InputError, match=r"Received at training step 2 a batch with min, max, any NaN = nan nan 1 \(refused") as error:
-        model.fit(x, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    stream = tf.data.Dataset.from_tensor_slices(x).batch(16)
+    with pytest.raises(InputError, match=r"Received at training step 2 a batch with min, max, any NaN or inf = \S+ \S+ 1 \(refused") as error:
+        model.fit(stream, epochs=1, verbose=0)
     assert error.value.step == 2  # typed: no parsing of the message
     eager = make_vae(input_shape=(None, 8, 8, 1), compile=False)
     eager.compile(optimizer="adam", run_eagerly=True)
     with pytest.raises(InputError, match="at training step 2") as error:  # the same, eagerly
-        eager.fit(x, epochs=1, batch_size=16, shuffle=False, verbose=0)
+        eager.fit(stream, epochs=1, verbose=0)
     assert error.value.step == 2
     before = model_state(model)
     with pytest.raises(ValueError, match="refused"):
-        model.fit(x[32:48], epochs=1, batch_size=16, verbose=0)
+        model.fit(stream.skip(2), epochs=1, verbose=0)
+    # An array is checked whole before training: the error names the example.
+    with pytest.raises(InputError, match=r"and NaN \(the first such example is number 37 of 64\)") as error:
+        model.fit(x, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert error.value.step is None
     assert changed_variables(before, model_state(model)) == []
 
 

@@ -15,12 +15,16 @@ import math
 import types
 
 import keras
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 import keras_vae
+from conftest import float32_atol
+from keras_vae.models import InputError
 from keras_vae.layers import BernoulliDecoder
 from keras_vae.layers import GaussianEncoder
 
@@ -485,10 +489,16 @@ def test_refused_input_leaves_every_variable_unchanged(
 
 
 def test_runtime_shape_error_shows_the_whole_received_shape(trained):
-    # A rank-5 batch after rank-4 ones: the step is retraced with an unknown
-    # rank and the shape is checked at run time.
+    # A dataset of unknown rank: the shape is checked at run time, in the
+    # pipeline, and the error shows the whole shape received.
     bad = np.zeros((32, 8, 8, 1, 2), "float32")
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter([bad]), output_signature=tf.TensorSpec(None, tf.float32)
+    )
     with pytest.raises(ValueError, match=r"Received: x\.shape ?= ?\[32 8 8 1 2\]"):
+        trained.vae.evaluate(ds, verbose=0)
+    # An array of that shape is refused at once, from its static shape.
+    with pytest.raises(ValueError, match=r"Received: x\.shape=\(32, 8, 8, 1, 2\)"):
         trained.vae.evaluate(bad, batch_size=32, verbose=0)
 
 
@@ -509,15 +519,99 @@ def test_wrong_shape_after_a_traced_step_raises_value_error(make_vae, binary_ima
     assert outcomes == {"same_rank": "ValueError", "missing_channel_axis": "ValueError"}
 
 
-def test_fit_refuses_a_bad_batch_that_follows_good_ones(make_vae, prototype_images):
-    # The check is per batch, at run time: a bad batch after good ones stops fit.
+def _bad_batch_stream(x, bad_batch, batch_size=32):
+    x = x.copy()
+    x[bad_batch * batch_size + 5] = 2.0
+    return tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["no_xla", "xla"])
+@pytest.mark.parametrize("steps_per_execution", [1, 2, 4])
+def test_a_bad_batch_in_a_stream_is_never_trained_on(
+    make_vae, prototype_images, jit_compile, steps_per_execution
+):
+    # 6 batches of 32, the 4th (step 3) bad. The check runs in the input
+    # pipeline, ahead of the step: the 3 good batches train, the bad one
+    # never does, whatever the execution groups and with XLA (which drops
+    # assertions inside a compiled step).
+    x = prototype_images[0][:192]
+
+    def trained(ds):
+        vae = make_vae(seed=0, compile=False, input_shape=(None, 8, 8, 1))
+        vae.compile(
+            optimizer=keras.optimizers.Adam(1e-2),
+            jit_compile=jit_compile,
+            steps_per_execution=steps_per_execution,
+        )
+        try:
+            vae.fit(ds, epochs=1, verbose=0)
+        except InputError as e:
+            return vae, e
+        return vae, None
+
+    vae, error = trained(_bad_batch_stream(x, bad_batch=3))
+    assert error is not None and error.step == 3, error
+    assert re.search(
+        r"Expected values in \[0, 1\].*Received at training step 3 a batch with min, max, "
+        r"any NaN or inf = 0 2 0 \(refused: no update was made\)",
+        str(error),
+    ), str(error)
+    assert int(vae.optimizer.iterations) == 3
+    # The same weights as training on the three good batches alone.
+    reference, none = trained(tf.data.Dataset.from_tensor_slices(x[:96]).batch(32))
+    assert none is None
+    for a, b in zip(vae.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=float32_atol(np.abs(b).max() + 1))
+    assert int(vae.seed_generator.state[1]) == int(reference.seed_generator.state[1])
+
+
+def test_an_array_with_a_bad_example_is_refused_before_any_step(
+    make_vae, prototype_images, model_state, changed_variables
+):
+    # Arrays are checked whole, before training starts: nothing trains, and
+    # the error names the first bad example.
     x = prototype_images[0][:128].copy()
     x[100] = 2.0
-    vae = make_vae(seed=0)
-    with pytest.raises(ValueError, match=r"Expected values in \[0, 1\].*Received.*2"):
+    vae = make_vae(seed=0, input_shape=(None, 8, 8, 1))
+    vae.optimizer.build(vae.trainable_variables)
+    before = model_state(vae)
+    with pytest.raises(
+        InputError,
+        match=r"Expected values in \[0, 1\].*Received: values with min=0, max=2 "
+        r"\(the first such example is number 100 of 128\)",
+    ):
         vae.fit(x, epochs=1, batch_size=32, shuffle=False, verbose=0)
-    # The 3 good batches ran; the refused one did not count.
-    assert int(vae.optimizer.iterations) == 3
+    assert changed_variables(before, model_state(vae)) == []
+    with pytest.raises(InputError, match="number 100 of 128"):  # also as validation data
+        vae.fit(x[:64], validation_data=(x,), epochs=1, batch_size=32, verbose=0)
+    assert changed_variables(before, model_state(vae)) == []
+
+
+def test_generators_and_py_datasets_are_checked_batch_by_batch(make_vae, prototype_images):
+    x = prototype_images[0][:128].copy()
+    x[100] = 2.0  # in batch 3 of 4
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return x[32 * i: 32 * (i + 1)]
+
+    for make_input in (lambda: ((x[32 * i: 32 * (i + 1)],) for i in range(4)), Batches):
+        vae = make_vae(seed=0, input_shape=(None, 8, 8, 1))
+        with pytest.raises(InputError, match=r"Expected values in \[0, 1\].*max=2"):
+            vae.fit(make_input(), epochs=1, shuffle=False, verbose=0)
+        assert int(vae.optimizer.iterations) == 3
+
+
+def test_inputs_are_not_checked_with_validate_inputs_false(make_vae, prototype_images):
+    x = prototype_images[0][:64].copy()
+    x[10] = 2.0
+    vae = make_vae(seed=0, validate_inputs=False)
+    vae.fit(x, epochs=1, batch_size=32, verbose=0)  # trains on it: the user's choice
+    assert int(vae.optimizer.iterations) == 2
+    assert keras_vae.VAE.from_config(vae.get_config()).validate_inputs is False
 
 
 def test_negative_beta_is_refused_at_construction(make_vae):

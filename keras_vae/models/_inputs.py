@@ -1,14 +1,29 @@
 """The VAE's input checks: what a batch must be, refused before any update.
 
-Private to `keras_vae.models`. Shape and dtype are checked in Python (at
-trace time inside `fit`); values (finite, inside the likelihood's
-`data_range`) eagerly when running eagerly, otherwise by assertions that the
-whole step depends on, so that no state changes on refused data. A failed
-assertion in a traced step reaches the caller as an `InputError`.
+Private to `keras_vae.models`. Where data enters (`fit`, `evaluate`,
+`predict`, the `*_on_batch` methods) it is checked before any step runs on
+it, so the compiled steps carry no checks (nothing for XLA to drop, no
+control dependencies that block kernel fusions):
+
+* arrays and tensors are checked whole, eagerly, before anything starts;
+* a `tf.data.Dataset` gets the check as a `map` (it runs in the input
+  pipeline, ahead of the step): a refused batch fails the iterator's
+  `get_next`, so its step never runs, at any `steps_per_execution`, with or
+  without XLA; the steps before it ran (they were good);
+* Python generators and `keras.utils.PyDataset`s are checked batch by batch
+  as they are drawn.
+
+Shape and dtype are checked in Python (at trace time); values (finite,
+inside the likelihood's `data_range`) by `tf.debugging.Assert` in the
+pipeline or eagerly. A failed check reaches the caller as an `InputError`.
+Direct calls (`encode`, `elbo`, the exported signatures) check their inputs
+themselves.
 """
 
 import functools
+import inspect
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -19,6 +34,11 @@ import tensorflow as tf
 # InputError it stands for.
 _TAG = "keras_vae input error: "
 _ARRAY = re.compile(r"^[-+.\deinaf ]+$")
+# Where the step that refused a batch is named, once known (see _message).
+_WHERE = "{where}"
+# How TensorFlow reports an InputError raised by Python code in a tf.data
+# pipeline (Keras feeds generators and PyDatasets through one).
+_RAISED = "InputError: "
 
 
 class InputError(ValueError):
@@ -34,34 +54,93 @@ class InputError(ValueError):
         self.step = step
 
 
-def _message(error):
-    """"assertion failed: [<tag><text>] [v1] [v2]\n\t [[node ...]]" -> "<text> v1 v2"."""
+def _message(error, step=None):
+    """The text of a tagged TensorFlow error, with the refusing step named.
+
+    From an assertion: "assertion failed: [<tag><text>] [v1] [v2]\n\t [[node
+    ...]]" -> "<text> v1 v2"; from an InputError raised by Python code in the
+    pipeline (a generator's or PyDataset's batches, see `_checked`): its
+    one-line text. `{where}` in the text becomes " at training step <step>"
+    (or nothing).
+    """
     message = error.message
-    message = message[message.index(_TAG) + len(_TAG):]
-    parts = message.split("\n")[0].rstrip().rstrip("]").split("] [")
-    # Texts as they are, arrays (several numbers) in brackets.
-    parts = [f"[{p}]" if _ARRAY.match(p) and " " in p else p for p in parts]
-    return " ".join(parts).strip()
+    if _TAG not in message:
+        message = message[message.index(_RAISED) + len(_RAISED):]
+        text = message.split("\n")[0].strip()
+    else:
+        message = message[message.index(_TAG) + len(_TAG):]
+        parts = message.split("\n")[0].rstrip().rstrip("]").split("] [")
+        # Texts as they are, arrays (several numbers) in brackets.
+        parts = [f"[{p}]" if _ARRAY.match(p) and " " in p else p for p in parts]
+        text = " ".join(parts).strip()
+    return text.replace(_WHERE, "" if step is None else f" at training step {step}")
 
 
-def _raising_input_errors(function, step=None):
-    """Wraps a Keras step function: a tagged InvalidArgumentError becomes an
-    InputError, with `step()` (read after the failure: nothing moved it)."""
+def _raising_input_errors(function, step=None, before=None):
+    """Wraps a Keras step function: a tagged TensorFlow error (from the input
+    pipeline's checks) becomes an InputError, with `step()` (read after the
+    failure: nothing moved it). `before()` runs before each call."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        if before is not None:
+            before()
         try:
             return function(*args, **kwargs)
-        except tf.errors.InvalidArgumentError as e:
-            if _TAG not in e.message:
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+            if _TAG not in (e.message or "") and _RAISED not in (e.message or ""):
                 raise
-            raise InputError(_message(e), step=step() if step else None) from None
+            at = step() if step else None
+            raise InputError(_message(e, at), step=at) from None
 
     return wrapper
 
 
+class _CheckedPyDataset(keras.utils.PyDataset):
+    """A `keras.utils.PyDataset` whose batches are checked as they are drawn."""
+
+    def __init__(self, dataset, check):
+        super().__init__(
+            workers=dataset.workers,
+            use_multiprocessing=dataset.use_multiprocessing,
+            max_queue_size=dataset.max_queue_size,
+        )
+        self._dataset = dataset
+        self._check = check
+
+    def __len__(self):
+        return len(self._dataset)
+
+    @property
+    def num_batches(self):
+        return self._dataset.num_batches
+
+    def __getitem__(self, index):
+        batch = self._dataset[index]
+        self._check(batch)
+        return batch
+
+    def on_epoch_begin(self):
+        self._dataset.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self._dataset.on_epoch_end()
+
+
+def _is_array_like(data):
+    """Arrays, tensors, and tuples / lists / dicts of them (what is checked whole)."""
+    if isinstance(data, (tuple, list)):
+        return all(d is None or _is_array_like(d) for d in data)
+    if isinstance(data, dict):
+        return all(_is_array_like(d) for d in data.values())
+    return tf.is_tensor(data) or hasattr(data, "__array__") or isinstance(data, (int, float))
+
+
 class InputChecks:
     """Mixin of `keras_vae.VAE`: validates and casts its inputs.
+
+    Needs `self.validate_inputs` (False: `fit` and the others pass data on
+    unchecked) besides what is listed below.
 
     Needs `self.encoder` (with `input_event_shape` once built), `self.decoder`
     (optionally with a `data_range`), `self.beta` and `self.build`.
@@ -80,14 +159,17 @@ class InputChecks:
             x = x["image"]
         return x
 
-    def _prepare(self, x, step=None):
+    def _prepare(self, x, step=None, checked=False, in_pipeline=False, cast=True):
         """Validates x and casts it to the compute dtype.
 
-        Shape and dtype are checked in Python (at trace time inside `fit`).
-        Values are checked (finite; inside `decoder.data_range` if it has one)
-        eagerly when running eagerly, otherwise by assertions that everything
-        downstream depends on, so no update runs on refused data. `step` (the
-        optimizer's iteration count, in `train_step`) is named in the error.
+        Shape and dtype are checked in Python (at trace time when traced).
+        Unless `checked` (the input was checked where it entered: `fit`,
+        `evaluate`, ...), values are checked (finite; inside
+        `decoder.data_range` if it has one) eagerly when running eagerly,
+        otherwise by assertions that everything downstream depends on, and
+        so are dimensions left unknown by a relaxed retrace. `step` (the
+        training step, eagerly) is named in the error; `in_pipeline`: see
+        `_check_values`. `cast=False` returns x checked but not cast.
         """
         x = self._unpack(x)
         if not tf.is_tensor(x):
@@ -109,7 +191,8 @@ class InputChecks:
                 r is not None and r != e for r, e in zip(received, expected)
             ):
                 raise InputError(f"{shape_message}Received: x.shape={tuple(x.shape)}")
-        if x.shape.rank is None or any(d is None for d in x.shape[1:]):
+        unknown = x.shape.rank is None or any(d is None for d in x.shape[1:])
+        if unknown and not checked:
             # Retracing with relaxed shapes (reduce_retracing) can hide dimensions
             # or even the rank: check what is left at run time.
             shape = tf.shape(x, out_type=tf.int64)
@@ -128,82 +211,214 @@ class InputChecks:
                 )
             )
         with tf.control_dependencies(checks):
-            x = tf.cast(x, self.compute_dtype)
-            if checks:
+            if unknown:
                 # Not tf.ensure_shape / set_shape: given a static shape claim,
                 # Grappler evaluates shape-dependent ops with the run-time shape
                 # before the Assert has run. A reshape is an op that waits for it.
                 x = tf.reshape(x, (-1,) + tuple(expected))
             else:
+                # A graph fed directly (TF Serving's session) bypasses the
+                # static shape: refused here at run time, before any op that
+                # relies on it.
                 x = tf.ensure_shape(x, (None,) + tuple(expected))
-        return self._check_values(x, step)
+        if not checked:
+            # On the data as given (uint8 needs no cast to be checked).
+            x = self._check_values(x, step, in_pipeline=in_pipeline)
+        return tf.cast(x, self.compute_dtype) if cast else x
 
-    def _check_values(self, x, step=None):
+    def _value_summary(self, x):
+        """(ok, min, max, any non-finite) of a batch, in three reductions.
+
+        No temporaries of the batch's size but one product: NaN and inf are
+        found by `sum(x * 0)` (NaN exactly when some value is not finite;
+        min and max alone may skip a NaN), the range by min and max.
+        Returns also the expectation, for messages.
+        """
         data_range = getattr(self.decoder, "data_range", None)
+        if x.dtype == tf.bool:
+            x = tf.cast(x, tf.uint8)
+        if x.dtype.is_floating:
+            nonfinite = tf.math.is_nan(tf.reduce_sum(x * tf.zeros((), x.dtype)))
+        else:
+            nonfinite = tf.constant(False)
+        low_seen = tf.cast(tf.reduce_min(x), tf.float32)
+        high_seen = tf.cast(tf.reduce_max(x), tf.float32)
         if data_range is None:
-            ok = tf.reduce_all(tf.math.is_finite(x))
+            ok = ~nonfinite
             expectation = "finite values"
         else:
             low, high = data_range
-            ok = tf.reduce_all((x >= low) & (x <= high))
+            ok = ~nonfinite & (low_seen >= low) & (high_seen <= high)
             expectation = (
                 f"values in [{low:g}, {high:g}] for the "
                 f"{type(self.decoder).__name__} likelihood (for 8-bit images, "
                 "divide by 255 or binarize)"
             )
+        return ok, low_seen, high_seen, nonfinite, expectation
+
+    def _check_values(self, x, step=None, in_pipeline=False):
+        """x, after a check of its values: eager, or an assertion x depends on.
+
+        `in_pipeline`: the assertion runs in an input pipeline of `fit`
+        (`evaluate`, ...), and its message leaves a place for the step that
+        refused the batch, named when the error reaches the caller.
+        """
+        ok, low_seen, high_seen, nonfinite, expectation = self._value_summary(x)
         if tf.executing_eagerly():
             if not bool(ok):
+                # Only now, per example: which is the first bad one.
+                data_range = getattr(self.decoder, "data_range", None)
+                values = tf.cast(x, tf.float32)
+                good = tf.math.is_finite(values)
+                if data_range is not None:
+                    good &= (values >= data_range[0]) & (values <= data_range[1])
+                per_example = tf.reduce_all(tf.reshape(good, (tf.shape(good)[0], -1)), axis=1)
+                first = int(tf.where(~per_example)[0, 0])
+                nan = tf.math.is_nan(values)
+                numbers = tf.boolean_mask(values, ~nan) if not bool(tf.reduce_all(nan)) else values
                 raise InputError(
                     f"Expected {expectation}. Received"
                     f"{'' if step is None else f' at training step {int(step)}'}: values with min="
-                    f"{float(tf.reduce_min(x)):g}, max={float(tf.reduce_max(x)):g}"
-                    f"{', and NaN' if bool(tf.reduce_any(tf.math.is_nan(x))) else ''}",
+                    f"{float(tf.reduce_min(numbers)):g}, max={float(tf.reduce_max(numbers)):g}"
+                    f"{', and NaN' if bool(tf.reduce_any(nan)) else ''}"
+                    f" (the first such example is number {first} of {int(tf.shape(x)[0])})",
                     step=None if step is None else int(step),
                 )
             return x
-        where = [] if step is None else ["at training step", step]
         check = tf.debugging.Assert(
             ok,
-            [f"{_TAG}Expected {expectation}. Received"]
-            + where
-            + [
-                "a batch with min, max, any NaN =",
-                tf.reduce_min(x),
-                tf.reduce_max(x),
-                tf.reduce_any(tf.math.is_nan(x)),
-            ]
-            + (["(refused: no update was made)"] if where else []),
+            [f"{_TAG}Expected {expectation}. Received{_WHERE if in_pipeline else ''}"]
+            + ["a batch with min, max, any NaN or inf =", low_seen, high_seen, nonfinite]
+            + (["(refused: no update was made)"] if in_pipeline else []),
         )
         with tf.control_dependencies([check]):
             return tf.identity(x)
 
     def _check_beta(self):
-        if tf.executing_eagerly():
-            if not float(self.beta) >= 0:
-                raise InputError(
-                    f"Expected `beta` >= 0. Received: beta={float(self.beta):g}"
-                )
-            return []
-        return [
-            tf.debugging.Assert(
-                self.beta >= 0,
-                [f"{_TAG}Expected `beta` >= 0. Received: beta =", self.beta],
-            )
-        ]
+        """Refuses a negative `beta` (a variable callbacks may assign)."""
+        beta = float(self.beta.numpy())
+        if not beta >= 0:
+            raise InputError(f"Expected `beta` >= 0. Received: beta={beta:g}")
 
-    def _wrap_step_function(self, kind, force, step=None):
+    # ------------------------------------------------ checks where data enters
+
+    def _check_batch_now(self, data):
+        """Checks a batch (or a whole array) eagerly; returns it unchanged."""
+        self._prepare(data)
+        return data
+
+    def _check_in_pipeline(self, *element):
+        """The `tf.data` map of `_checked`: the element, after its checks."""
+        data = element[0] if len(element) == 1 else element
+        x = self._prepare(data, in_pipeline=True, cast=False)
+        with tf.control_dependencies([x]):
+            return tf.nest.map_structure(tf.identity, data)
+
+    def _checked(self, data):
+        """`data` (any input `fit` takes) with its checks where it enters.
+
+        Arrays and tensors are checked now, whole; a `tf.data.Dataset` gets a
+        map that checks each batch ahead of the step; generators and
+        `keras.utils.PyDataset`s are checked batch by batch as they are
+        drawn. Inputs of other kinds (e.g. an already distributed dataset)
+        are passed on unchecked, with a warning.
+        """
+        if data is None or not self.validate_inputs:
+            return data
+        if isinstance(data, tf.data.Dataset):
+            if not self.built:
+                # The map below must not create the model's variables.
+                spec = data.element_spec
+                spec = spec[0] if isinstance(spec, tuple) else spec
+                spec = spec["image"] if isinstance(spec, dict) and "image" in spec else spec
+                shape = getattr(spec, "shape", None)
+                if shape is not None and shape.rank and shape[1:].is_fully_defined():
+                    self.build((None,) + tuple(shape[1:]))
+                else:
+                    self._check_batch_now(next(iter(data)))
+            # Not converted by AutoGraph: an InputError raised while tracing
+            # (dtype, static shape) reaches the caller as itself.
+            check = tf.autograph.experimental.do_not_convert(self._check_in_pipeline)
+            return data.map(check).prefetch(tf.data.AUTOTUNE)
+        if inspect.isgenerator(data):
+            return (self._check_batch_now(batch) for batch in data)
+        if isinstance(data, keras.utils.PyDataset):
+            return _CheckedPyDataset(data, self._check_batch_now)
+        if isinstance(data, tf.distribute.DistributedDataset) or not _is_array_like(data):
+            warnings.warn(
+                f"keras_vae.VAE cannot check the values of a {type(data).__name__} "
+                "input before training on it; map `vae.check_batch` over your "
+                "tf.data.Dataset before distributing it to have them checked.",
+                stacklevel=3,
+            )
+            return data
+        return self._check_batch_now(data)
+
+    def check_batch(self, *element):
+        """A `tf.data` map function that checks batches as `fit` does.
+
+        `fit`, `evaluate` and `predict` add this check to the datasets they
+        are given; map it yourself where they cannot, e.g. before
+        `strategy.experimental_distribute_dataset`. A refused batch fails the
+        iterator (as an `InputError` inside `fit`).
+
+        Example:
+
+        >>> # ds = ds.map(vae.check_batch)
+        """
+        return self._check_in_pipeline(*element)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto",
+            callbacks=None, validation_split=0.0, validation_data=None, **kwargs):
+        x = self._checked(x)
+        if isinstance(validation_data, (tuple, list)):
+            validation_data = (self._checked(validation_data[0]),) + tuple(validation_data[1:])
+        else:
+            validation_data = self._checked(validation_data)
+        return super().fit(
+            x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+            callbacks=callbacks, validation_split=validation_split,
+            validation_data=validation_data, **kwargs,
+        )  # fmt: skip
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        if not kwargs.get("_use_cached_eval_dataset"):  # fit's, checked there
+            x = self._checked(x)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        return super().predict(self._checked(x), *args, **kwargs)
+
+    def train_on_batch(self, x, *args, **kwargs):
+        self._check_beta()
+        return super().train_on_batch(self._checked(x), *args, **kwargs)
+
+    def test_on_batch(self, x, *args, **kwargs):
+        return super().test_on_batch(self._checked(x), *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        return super().predict_on_batch(self._checked(x))
+
+    def _wrap_step_function(self, kind, force, step=None, before=None):
         """Keras's `make_<kind>_function`, its result wrapped by
         `_raising_input_errors` once (Keras caches it in `<kind>_function`)."""
         attribute = f"{kind}_function"
         if getattr(self, attribute) is not None and not force:
             return getattr(self, attribute)
         getattr(super(), f"make_{kind}_function")(force=True)
-        setattr(self, attribute, _raising_input_errors(getattr(self, attribute), step=step))
+        setattr(
+            self,
+            attribute,
+            _raising_input_errors(getattr(self, attribute), step=step, before=before),
+        )
         return getattr(self, attribute)
 
     def make_train_function(self, force=False):
         return self._wrap_step_function(
-            "train", force, step=lambda: int(self.optimizer.iterations.numpy())
+            "train",
+            force,
+            step=lambda: int(self.optimizer.iterations.numpy()),
+            before=self._check_beta,
         )
 
     def make_test_function(self, force=False):
