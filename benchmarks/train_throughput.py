@@ -1,21 +1,32 @@
 #!/usr/bin/env python
-"""Training throughput of keras_vae.VAE next to a keras.io-style peer and a ceiling.
+"""Training throughput of keras_vae.VAE next to its peers (keras.io, PyTorch, JAX) and a ceiling.
 
-On the binarized MNIST train split (loaded once into memory as float32 and fed
-to every contender by the same tf.data pipeline: from_tensor_slices, batch,
-cache, repeat, prefetch; no shuffling), measures training examples per second
-after a warm-up for:
+On the binarized MNIST train split (loaded once into memory as float32),
+measures training examples per second after a warm-up for:
 
 * keras_vae.VAE trained with `model.fit` as a user does it, with its
   defaults: `vae.compile()` (the optimizer is then
   `keras_vae.optimizers.FusedAdam(1e-3)`, Keras's Adam arithmetic in one
-  fused kernel per variable) and nothing else.
-* With --jit-compile and/or --steps-per-execution K, an extra keras_vae.VAE
-  row compiled with those levers (model and optimizer built before `fit`,
-  which jit_compile=True needs; note that XLA drops the model's
+  fused kernel per variable) and nothing else; fed both ways users feed it:
+  from a tf.data pipeline (from_tensor_slices, batch with drop_remainder,
+  cache, repeat, prefetch; no shuffling; `fit(dataset, shuffle=False)`) and
+  from the NumPy array itself (`fit(x, batch_size=128)`: Keras's array
+  adapter batches and shuffles it).
+* With --jit-compile and/or --steps-per-execution K, keras_vae.VAE rows
+  compiled with those levers, fed both ways (model and optimizer built before
+  `fit`, which jit_compile=True needs; note that XLA drops the model's
   tf.debugging.Assert input checks).
-* The peer: the keras.io "Variational AutoEncoder" example with the same MLP
-  (benchmarks/keras_io_vae.py), compiled the same way, trained with `fit`.
+* The keras.io peer: the keras.io "Variational AutoEncoder" example with the
+  same MLP (benchmarks/keras_io_vae.py), compiled with Adam(1e-3), trained
+  with `fit`, fed both ways.
+* Peers in other frameworks (--peers; _peers.py), each a subprocess in its
+  own virtualenv under benchmarks/.venvs/, created and installed on the first
+  run that asks for it: the same model, loss and Adam(1e-3) written in
+  PyTorch, eager (peer_torch.py; `torch.set_num_threads` to the thread count
+  TF uses), optionally under torch.compile, and in JAX + optax with the whole
+  step under `jax.jit` (peer_jax.py). They loop over pre-made batches of the
+  same images (written to a .npy file for them). A peer that cannot be
+  installed, imported or run gets a row that says why, not a crash.
 * The ceiling: only the dense matrix products of a training step, in one
   tf.function looping over the same batches, with XLA (jit_compile=True) and
   without; the faster of the two is the ceiling the ratios use. Per batch it
@@ -31,13 +42,20 @@ after a warm-up for:
   metrics or input pipeline.
 
 A fit contender is timed from `on_train_begin` to `on_train_end` (see
-`fit_runner`), a ceiling around its call. Each round measures every contender
-once (the order rotates between rounds), so that load from other processes
-falls on all of them alike; the table gives the median over rounds, the best
-round, and the CPU time of this process per step (all its threads; less
-sensitive than wall time to other processes, and the better measure with
---threads 1 on a busy machine). GFLOP/s counts 2*m*n*k per product and
-forward + backward = 3 x forward (1,089,536 multiply-adds per example
+`fit_runner`), a peer around its training loop (inside its process), a
+ceiling around its call. Each measurement of `steps` steps starts from the
+first batch again, as a new `fit` call does. Each round measures every
+contender once (the order rotates between rounds), so that load from other
+processes falls on all of them alike; the table gives the median over rounds,
+the best round, and the CPU time of the contender's process per step (all its
+threads; less sensitive than wall time to other processes, and the better
+measure with --threads 1 on a busy machine). Ratios: against the keras.io
+peer fed the same way (the tf.data one for rows that are not fed by Keras),
+against the fastest peer (keras.io, PyTorch or JAX) and against the ceiling.
+The `loss` column is the mean training loss (negative ELBO, nats per image)
+of each contender's last measurement, after the same number of steps for all:
+it shows that they train the same model. GFLOP/s counts 2*m*n*k per product
+and forward + backward = 3 x forward (1,089,536 multiply-adds per example
 forward); the products a step really needs are 2.63 x forward (see above),
 the same for every contender, so ratios do not depend on the convention.
 
@@ -46,28 +64,38 @@ Example (from the repo root):
     python benchmarks/train_throughput.py
     python benchmarks/train_throughput.py --jit-compile --steps-per-execution 10
     python benchmarks/train_throughput.py --quick
+    python benchmarks/train_throughput.py --peers torch,jax    # no torch.compile row
+    python benchmarks/train_throughput.py --no-peers           # TensorFlow only
 """
 
+import contextlib
+import dataclasses
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import _common  # noqa: E402  (puts the repo root on sys.path)
+import _peers  # noqa: E402
+
+DEFAULT_PEERS = "torch,torch-compile,jax"
 
 
 def parse_args(argv=None):
     parser = _common.argument_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=400, help="timed steps per measurement (default 400, about one epoch)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: the full batches of one epoch, 390 for the 50,000 training images, rounded down to a multiple of --steps-per-execution)")
     parser.add_argument("--warmup-steps", type=int, default=50, help="untimed steps per contender before the rounds (default 50)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per contender; the table gives the median (default 3)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps-per-execution", type=int, default=1, help="lever: adds a keras_vae row compiled with this steps_per_execution")
-    parser.add_argument("--jit-compile", action="store_true", help="lever: adds a keras_vae row compiled with jit_compile=True")
-    parser.add_argument("--threads", type=int, default=0, help="TF intra- and inter-op threads (default 0: TF picks, one per core)")
+    parser.add_argument("--steps-per-execution", type=int, default=1, help="lever: adds keras_vae rows compiled with this steps_per_execution")
+    parser.add_argument("--jit-compile", action="store_true", help="lever: adds keras_vae rows compiled with jit_compile=True")
+    parser.add_argument("--threads", type=int, default=0, help="TF intra- and inter-op threads, and the peers' threads (default 0: TF picks, one per core; the peers get one per usable CPU)")
+    parser.add_argument("--peers", default=DEFAULT_PEERS, help=f"comma-separated peers in other frameworks, among {', '.join(_peers.PEERS)} (default {DEFAULT_PEERS}); each is installed into benchmarks/.venvs/ on first use")
+    parser.add_argument("--no-peers", action="store_true", help="no PyTorch or JAX peers (same as --peers '')")
     parser.add_argument("--quick", action="store_true", help="smoke run: 6,400 examples, 20 steps, 5 warm-up steps, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
@@ -75,10 +103,14 @@ def parse_args(argv=None):
     if args.threads < 0:
         parser.error("--threads must be >= 0")
     for name in ("steps", "warmup_steps", "rounds", "batch_size", "steps_per_execution"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.steps % args.steps_per_execution or args.warmup_steps % args.steps_per_execution:
+    if (args.steps or 0) % args.steps_per_execution or args.warmup_steps % args.steps_per_execution:
         parser.error("--steps and --warmup-steps must be multiples of --steps-per-execution")
+    try:
+        args.peers = [] if args.no_peers else _peers.parse_peer_list(args.peers)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -137,8 +169,15 @@ def keras_vae_model(jit_compile="auto", steps_per_execution=1, built=False):
     return vae
 
 
-def fit_runner(model, dataset):
-    """`run(steps) -> (wall, CPU) seconds`: one `model.fit` call of `steps` batches.
+def fit_runner(model, data, **fit_options):
+    """`run(steps) -> (wall, CPU) seconds, loss`: one `model.fit(data,
+    steps_per_epoch=steps, epochs=1, **fit_options)` call; `loss` is the
+    epoch's mean training loss, as `fit` reports it.
+
+    `data` is the tf.data pipeline of `make_dataset` (with `shuffle=False`),
+    or the NumPy array of images with `batch_size=...`: Keras's array adapter
+    then batches (and, by default, shuffles) it, as in `vae.fit(x,
+    batch_size=128)`.
 
     Timed by a callback from `on_train_begin` to `on_train_end`, not around
     the call: on this machine `fit` calls were seen to return up to 1.6 s
@@ -159,16 +198,17 @@ def fit_runner(model, dataset):
     timer = Timer()
 
     def run(steps):
-        model.fit(
-            dataset, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0, callbacks=[timer]
+        history = model.fit(
+            data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer], **fit_options
         )
-        return tuple(end - begin for begin, end in zip(marks["begin"], marks["end"]))
+        wall, cpu = (end - begin for begin, end in zip(marks["begin"], marks["end"]))
+        return wall, cpu, history.history["loss"][-1]
 
     return run
 
 
 def ceiling_runner(images, batch_size, jit_compile):
-    """`run(steps) -> (wall, CPU) seconds`: the products of `steps` steps, one call.
+    """`run(steps) -> (wall, CPU) seconds, None`: the products of `steps` steps, one call.
 
     See the module docstring for exactly what a step computes.
     """
@@ -217,26 +257,194 @@ def ceiling_runner(images, batch_size, jit_compile):
 
     @tf.function(jit_compile=jit_compile)
     def loop(steps):
-        ws = weights
-        for i in tf.range(steps):
-            ws = step(ws, x[i % num_batches])
+        # A plain while loop: `for i in tf.range(steps)` gives the loop a
+        # maximum_iterations, which XLA takes as a compile-time constant, so it
+        # compiled the loop again for each new step count (the first timed
+        # round after the warm-up then included a compilation).
+        def body(i, ws):
+            return i + 1, step(ws, x[i % num_batches])
+
+        _, ws = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), weights))
         return tf.add_n([tf.reduce_sum(w) for w in ws])
 
     def run(steps):
         start, cpu_start = time.perf_counter(), time.process_time()
         checksum = float(loop(tf.constant(steps)))
-        seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if not np.isfinite(checksum):
             raise RuntimeError("The ceiling loop diverged (non-finite weights).")
-        return seconds
+        return wall, cpu, None
 
     return run
+
+
+@dataclasses.dataclass
+class Contender:
+    """A row of the table and its measurements.
+
+    `kind`: "keras_vae"; "keras.io" or "framework" (the peers: what a user
+    writes without keras_vae, in Keras or in PyTorch / JAX); or "ceiling".
+    `feed`: how `fit` gets the batches ("tf.data" or "NumPy"), None for the
+    contenders not fed by Keras. `run(steps) -> (wall, CPU) seconds, loss`.
+    `missing`: why the row has no numbers (None when it has).
+    """
+
+    name: str
+    short: str
+    kind: str
+    run: object = None
+    feed: str = None
+    missing: str = None
+    seconds: list = dataclasses.field(default_factory=list)
+    cpu_seconds: list = dataclasses.field(default_factory=list)
+    loss: float = None
+
+
+FEEDS = ("tf.data", "NumPy")
+
+
+def keras_contenders(args, images, dataset):
+    """keras_vae (defaults, and with the levers if asked) and the keras.io
+    peer, each fed from the tf.data pipeline and from the NumPy array."""
+    import keras_io_vae
+
+    def both_feeds(name, short, kind, build):
+        runners = {
+            "tf.data": fit_runner(build(), dataset, shuffle=False),
+            "NumPy": fit_runner(build(), images, batch_size=args.batch_size),
+        }
+        return [
+            Contender(f"{name}, fit({feed})", f"{short}/{feed.lower()}", kind, runners[feed], feed)
+            for feed in FEEDS
+        ]
+
+    contenders = both_feeds("keras_vae.VAE (compile defaults)", "vae", "keras_vae", keras_vae_model)
+    if args.jit_compile or args.steps_per_execution != 1:
+        levers = []
+        if args.jit_compile:
+            levers.append("jit_compile=True")
+        if args.steps_per_execution != 1:
+            levers.append(f"steps_per_execution={args.steps_per_execution}")
+        contenders += both_feeds(
+            f"keras_vae.VAE ({', '.join(levers)})", "vae+levers", "keras_vae",
+            lambda: keras_vae_model(
+                jit_compile=True if args.jit_compile else "auto",
+                steps_per_execution=args.steps_per_execution,
+                built=True,
+            ),
+        )  # fmt: skip
+    contenders += both_feeds("keras.io peer", "keras.io", "keras.io", keras_io_vae.build_vae)
+    return contenders
+
+
+def peer_contenders(specs, images, threads, batch_size, workdir, stack):
+    """A Contender per peer spec: its virtualenv made (first use) and its
+    process started, or `missing` saying why not. `stack` closes them."""
+    import numpy as np
+
+    if not specs:
+        return []
+    data_path = os.path.join(workdir, "images.npy")
+    np.save(data_path, images)
+    pythons = {}  # venv -> its Python, or why it is unavailable
+    started = []  # (contender, process): all start side by side, then we wait
+    start = time.perf_counter()
+    for spec in specs:
+        contender = Contender(spec.title, spec.key, "framework")
+        if spec.venv not in pythons:
+            try:
+                pythons[spec.venv] = _peers.ensure_venv(
+                    spec.venv, spec.requirements, log=lambda line: print(line, flush=True)
+                )
+            except _peers.PeerUnavailable as error:
+                pythons[spec.venv] = error
+        python = pythons[spec.venv]
+        process = None
+        if isinstance(python, _peers.PeerUnavailable):
+            contender.missing = str(python)
+        else:
+            try:
+                process = _peers.PeerProcess(spec, python, data_path, threads, batch_size, workdir)
+                stack.callback(process.close)
+            except _peers.PeerUnavailable as error:
+                contender.missing = str(error)
+        started.append((contender, process))
+    for contender, process in started:
+        if process is not None:
+            try:
+                info = process.wait_ready()
+                contender.run = process.run
+                print(
+                    f"peer {contender.name}: {info['versions']}; {info['threads']} "
+                    f"({os.path.relpath(os.path.dirname(os.path.dirname(process.python)))}, "
+                    f"ready {time.perf_counter() - start:.1f} s after the start)",
+                    flush=True,
+                )
+            except _peers.PeerUnavailable as error:
+                contender.missing = str(error)
+        if contender.missing is not None:
+            print(f"peer {contender.name}: MISSING: {contender.missing}", flush=True)
+    return [contender for contender, _ in started]
+
+
+def measure(contender, steps, when):
+    """`contender.run(steps)`; a peer that fails becomes `missing` (returns None)."""
+    try:
+        return contender.run(steps)
+    except _peers.PeerUnavailable as error:
+        contender.missing = f"failed in {when}: {error}"
+        print(f"{contender.name}: {contender.missing}", flush=True)
+        return None
+
+
+def table_rows(contenders, args):
+    """The table's rows: numbers, ratios and loss per contender ("-" where
+    missing), with [ceiling] and [fastest peer] marks on the references."""
+    examples = args.steps * args.batch_size
+    measured = [c for c in contenders if c.missing is None]
+    median = {c.name: examples / statistics.median(c.seconds) for c in measured}
+    best = {c.name: examples / min(c.seconds) for c in measured}
+
+    def fastest(kinds):
+        names = [c.name for c in measured if c.kind in kinds]
+        return max(names, key=median.get) if names else None
+
+    ceiling = fastest(("ceiling",))
+    fastest_peer = fastest(("keras.io", "framework"))
+    keras_io = {c.feed: c.name for c in measured if c.kind == "keras.io"}
+
+    def ratio(name, reference):
+        return f"{median[name] / median[reference]:.2f}" if reference else "-"
+
+    flops_per_example = 3 * 2 * _common.FORWARD_MACS
+    rows = []
+    for c in contenders:
+        marks = [m for m, ref in (("[ceiling]", ceiling), ("[fastest peer]", fastest_peer)) if ref == c.name]
+        name = " ".join([c.name] + marks)
+        if c.missing is not None:
+            rows.append([name] + ["-"] * 9 + ["missing: " + c.missing])
+            continue
+        rows.append(
+            [
+                name,
+                f"{median[c.name]:,.0f}",
+                f"{best[c.name]:,.0f}",
+                f"{1e3 * args.batch_size / median[c.name]:.1f}",
+                f"{1e3 * statistics.median(c.cpu_seconds) / args.steps:.1f}",
+                ratio(c.name, keras_io.get(c.feed or "tf.data")),
+                ratio(c.name, fastest_peer),
+                ratio(c.name, ceiling),
+                f"{median[c.name] * flops_per_example / 1e9:.1f}",
+                "-" if c.loss is None else f"{c.loss:.1f}",
+                "",
+            ]
+        )
+    return rows
 
 
 def main(argv=None):
     args = parse_args(argv)
     import keras
-    import keras_io_vae
     import tensorflow as tf
 
     if args.threads:
@@ -244,97 +452,91 @@ def main(argv=None):
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     for line in _common.environment_lines():
         print(line)
+    usable_cpus = len(os.sched_getaffinity(0))
+    peer_threads = args.threads or usable_cpus
+    if args.peers:
+        print(
+            f"peers: {', '.join(s.title for s in args.peers)}; {peer_threads} thread(s) each "
+            "(--threads, else one per usable CPU like TF's default)"
+        )
+    if os.getloadavg()[0] >= usable_cpus:
+        print(
+            f"warning: the machine is busy (load average {os.getloadavg()[0]:.1f} on {usable_cpus} "
+            "usable CPUs): wall times are noisy. PyTorch's OpenMP threads spin while they wait for "
+            "each other and can be many times slower under load (see CPU ms/step); "
+            "OMP_WAIT_POLICY=PASSIVE in the environment, or --threads 1, avoids that."
+        )
 
     keras.utils.set_random_seed(0)
     start = time.perf_counter()
     take = 50 * args.batch_size if args.quick else None
     images = load_images(args.data_dir, take=take)
+    batches_per_epoch = len(images) // args.batch_size
+    if args.steps is None:
+        args.steps = batches_per_epoch - batches_per_epoch % args.steps_per_execution
+    if max(args.steps, args.warmup_steps) > batches_per_epoch:
+        sys.exit(
+            f"Expected --steps and --warmup-steps of at most {batches_per_epoch} (the batches of "
+            f"one epoch of {len(images)} images: the NumPy-fed rows run one `fit` epoch per "
+            f"measurement). Received: --steps {args.steps}, --warmup-steps {args.warmup_steps}"
+        )
     dataset = make_dataset(images, args.batch_size)
     print(
         f"data: binarized_mnist train, {len(images)} images as float32 in memory "
         f"(loaded in {time.perf_counter() - start:.1f} s), batch {args.batch_size}, "
         f"{args.warmup_steps} warm-up steps, {args.rounds} round(s) of {args.steps} "
-        "timed steps per contender"
+        "timed steps per contender",
+        flush=True,
     )
 
-    # (name in the table, short name in the progress lines, runner)
-    contenders = [
-        ("keras_vae.VAE, fit (compile defaults)", "vae", fit_runner(keras_vae_model(), dataset))
-    ]
-    if args.jit_compile or args.steps_per_execution != 1:
-        levers = []
-        if args.jit_compile:
-            levers.append("jit_compile=True")
-        if args.steps_per_execution != 1:
-            levers.append(f"steps_per_execution={args.steps_per_execution}")
-        model = keras_vae_model(
-            jit_compile=True if args.jit_compile else "auto",
-            steps_per_execution=args.steps_per_execution,
-            built=True,
-        )
-        contenders.append(
-            (f"keras_vae.VAE, fit ({', '.join(levers)})", "vae+levers", fit_runner(model, dataset))
-        )
-    peer_name = "keras.io peer, fit"
-    contenders.append((peer_name, "peer", fit_runner(keras_io_vae.build_vae(), dataset)))
-    ceiling_names = ("ceiling: matmuls only, XLA", "ceiling: matmuls only, no XLA")
-    contenders.append(
-        (ceiling_names[0], "ceiling-xla", ceiling_runner(images, args.batch_size, True))
-    )
-    contenders.append(
-        (ceiling_names[1], "ceiling-graph", ceiling_runner(images, args.batch_size, False))
-    )
+    with tempfile.TemporaryDirectory(prefix="train_throughput_") as workdir, contextlib.ExitStack() as stack:
+        contenders = keras_contenders(args, images, dataset)
+        contenders += peer_contenders(args.peers, images, peer_threads, args.batch_size, workdir, stack)
+        contenders += [
+            Contender("ceiling: matmuls only, XLA", "ceiling-xla", "ceiling",
+                      ceiling_runner(images, args.batch_size, True)),
+            Contender("ceiling: matmuls only, no XLA", "ceiling-graph", "ceiling",
+                      ceiling_runner(images, args.batch_size, False)),
+        ]  # fmt: skip
 
-    for name, _, run in contenders:
-        start = time.perf_counter()
-        run(args.warmup_steps)
-        print(f"warm-up {name}: {time.perf_counter() - start:.1f} s", flush=True)
+        for c in contenders:
+            if c.missing is None:
+                start = time.perf_counter()
+                if measure(c, args.warmup_steps, "the warm-up") is not None:
+                    print(f"warm-up {c.name}: {time.perf_counter() - start:.1f} s", flush=True)
 
-    seconds = {name: [] for name, _, _ in contenders}
-    cpu_seconds = {name: [] for name, _, _ in contenders}
-    for r in range(args.rounds):
-        shift = r % len(contenders)
-        for name, _, run in contenders[shift:] + contenders[:shift]:
-            wall, cpu = run(args.steps)
-            seconds[name].append(wall)
-            cpu_seconds[name].append(cpu)
-        print(
-            f"round {r + 1}: "
-            + ", ".join(f"{short} {seconds[name][-1]:.2f} s" for name, short, _ in contenders),
-            flush=True,
-        )
+        for r in range(args.rounds):
+            active = [c for c in contenders if c.missing is None]
+            shift = r % len(active)
+            for c in active[shift:] + active[:shift]:
+                result = measure(c, args.steps, f"round {r + 1}")
+                if result is not None:
+                    wall, cpu, c.loss = result
+                    c.seconds.append(wall)
+                    c.cpu_seconds.append(cpu)
+            print(
+                f"round {r + 1}: "
+                + ", ".join(f"{c.short} {c.seconds[-1]:.2f} s" for c in active if c.missing is None),
+                flush=True,
+            )
 
-    examples = args.steps * args.batch_size
-    median = {name: examples / statistics.median(s) for name, s in seconds.items()}
-    best = {name: examples / min(s) for name, s in seconds.items()}
-    ceiling_name = max(ceiling_names, key=median.get)
-    flops_per_example = 3 * 2 * _common.FORWARD_MACS
-    rows = []
-    for name, _, _ in contenders:
-        rows.append(
-            [
-                name + (" [ceiling]" if name == ceiling_name else ""),
-                f"{median[name]:,.0f}",
-                f"{best[name]:,.0f}",
-                f"{1e3 * args.batch_size / median[name]:.1f}",
-                f"{1e3 * statistics.median(cpu_seconds[name]) / args.steps:.1f}",
-                f"{median[name] / median[peer_name]:.2f}",
-                f"{median[name] / median[ceiling_name]:.2f}",
-                f"{median[name] * flops_per_example / 1e9:.1f}",
-            ]
-        )
+    rows = table_rows(contenders, args)
+    header = ["contender", "examples/s", "best", "ms/step", "CPU ms/step", "x keras.io",
+              "x fastest peer", "x ceiling", "GFLOP/s", "loss", "note"]  # fmt: skip
+    if all(c.missing is None for c in contenders):
+        header, rows = header[:-1], [r[:-1] for r in rows]
     print()
-    print(
-        _common.format_table(
-            ["contender", "examples/s", "best", "ms/step", "CPU ms/step", "x peer", "x ceiling", "GFLOP/s"],
-            rows,
-        )
-    )
+    print(_common.format_table(header, rows, left_columns=(len(header) - 1,) if header[-1] == "note" else ()))
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    total_steps = args.warmup_steps + args.rounds * args.steps
     print(
-        f"\nexamples/s, ms/step, CPU ms/step (process time, all threads), ratios and GFLOP/s: "
-        f"median of {args.rounds} round(s); best: fastest round. GFLOP/s = examples/s x {flops_per_example / 1e6:.2f} MFLOP "
-        "(3 x forward). Load average at the end (1, 5, 15 min): " + load
+        f"\nexamples/s, ms/step, CPU ms/step (process time of the contender's process, all "
+        f"threads), ratios and GFLOP/s: median of {args.rounds} round(s); best: fastest round. "
+        "x keras.io: against the keras.io peer fed the same way (tf.data for rows not fed by "
+        "Keras). GFLOP/s = examples/s x "
+        f"{3 * 2 * _common.FORWARD_MACS / 1e6:.2f} MFLOP (3 x forward). loss: mean training loss "
+        f"(nats per image) of the last measurement, after {total_steps} steps for each contender. "
+        "Load average at the end (1, 5, 15 min): " + load
     )
     return 0
 
