@@ -189,6 +189,26 @@ def test_bernoulli_log_prob_equals_hand_computed_softplus_form():
     np.testing.assert_allclose(p.log_prob(x), expected, rtol=1e-6, atol=1e-4)
 
 
+def test_bernoulli_log_prob_gradient_is_x_minus_sigmoid_even_at_zero_logits():
+    # d/dl [x l - softplus(l)] = x - sigmoid(l). Logits exactly 0 occur (a
+    # zero bias behind dead ReLUs): the package's softplus must give 1/2 there.
+    from keras_vae.layers.heads import LogitBernoulli
+
+    logits = tf.constant(
+        np.concatenate([[0.0, -0.0, 1e-30, -30.0, 30.0, 100.0, -100.0], _normal((1, 200)).ravel() * 8])
+        .astype("float32")
+    )
+    x = tf.constant((np.arange(logits.shape[0]) % 2).astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        log_prob = tf.reduce_sum(LogitBernoulli(logits=logits).log_prob(x))
+    gradient = tape.gradient(log_prob, logits).numpy()
+    sigmoid = 1 / (1 + np.exp(-logits.numpy().astype("float64")))
+    # A few roundings of numbers of magnitude 1.
+    np.testing.assert_allclose(gradient, x.numpy() - sigmoid, rtol=0, atol=4e-7)
+    assert gradient[0] == pytest.approx(-0.5) and gradient[1] == pytest.approx(0.5)
+
+
 def test_bernoulli_log_prob_is_finite_and_exact_for_saturated_logits():
     # With logits of +-60 a sigmoid followed by a cross-entropy gives log(0)
     # or clipped values; the logits form gives exactly -60 per wrong pixel.
