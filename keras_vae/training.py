@@ -18,6 +18,7 @@ import warnings
 
 import keras
 
+from keras_vae import _precision
 from keras_vae import architectures
 from keras_vae import config as config_lib
 from keras_vae import data as data_lib
@@ -53,21 +54,30 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
     in the VampPrior paper); "conv": strided Conv2D / Conv2DTranspose
     networks whose filters are `hidden_units` (see `keras_vae.architectures`).
     The decoder mirrors the encoder.
+
+    Every layer is made under `config.dtype_policy` (and saved with it):
+    with "mixed_bfloat16" the networks compute in bfloat16 with float32
+    weights, and the distributions, ELBO and loss are float32 (see
+    `keras_vae._precision`); the global Keras policy is left as it was.
+    bfloat16 on a CPU without native bfloat16 products (AVX512_BF16, AMX)
+    and no GPU warns: it works, but likely slower than float32.
     """
     event_shape = tuple(input_shape[1:])
-    return VAE(
-        architectures.make_encoder(config.architecture, config.latent_dim, config.hidden_units, event_shape),
-        architectures.make_decoder(config.architecture, config.hidden_units, event_shape),
-        prior=architectures.make_prior(
-            config.prior, config.latent_dim, config.prior_components, seed=config.seed
-        ),
-        beta=config.beta,
-        seed=config.seed,
-        objective=config.objective,
-        num_samples=config.num_samples,
-        input_shape=input_shape,
-        name="vae",
-    )
+    _precision.check_bfloat16_support(config.dtype_policy)
+    with _precision.dtype_policy_scope(config.dtype_policy):
+        return VAE(
+            architectures.make_encoder(config.architecture, config.latent_dim, config.hidden_units, event_shape),
+            architectures.make_decoder(config.architecture, config.hidden_units, event_shape),
+            prior=architectures.make_prior(
+                config.prior, config.latent_dim, config.prior_components, seed=config.seed
+            ),
+            beta=config.beta,
+            seed=config.seed,
+            objective=config.objective,
+            num_samples=config.num_samples,
+            input_shape=input_shape,
+            name="vae",
+        )
 
 
 def paths(output_dir):

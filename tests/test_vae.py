@@ -677,3 +677,89 @@ def test_prior_with_another_latent_dim_is_refused():
             BernoulliDecoder((8, 8, 1), hidden_units=(16,)),
             prior=keras_vae.StandardNormalPrior(3),
         )
+
+
+# ------------------------------------------------- fast defaults (issue 14)
+
+
+def test_compile_defaults_to_automatic_steps_per_execution_that_divide_the_epoch(make_vae, prototype_images):
+    from keras_vae.models.vae import AUTO_STEPS_PER_EXECUTION
+
+    x = prototype_images[0][:64]
+    vae = make_vae(seed=0, compile=False, input_shape=(None, 8, 8, 1))
+    vae.compile()
+    assert vae.steps_per_execution == AUTO_STEPS_PER_EXECUTION
+    assert vae.get_compile_config()["steps_per_execution"] == "auto"
+    # An endless stream with 23 steps per epoch: 23 per call (the largest
+    # divisor up to the maximum), so no epoch runs extra steps.
+    stream = tf.data.Dataset.from_tensor_slices(x).batch(4).repeat()
+    vae.fit(stream, steps_per_epoch=23, epochs=2, verbose=0)
+    assert vae.steps_per_execution == 23 and int(vae.optimizer.iterations) == 46
+    vae.fit(stream, steps_per_epoch=14, epochs=1, verbose=0)
+    assert vae.steps_per_execution == 14 and int(vae.optimizer.iterations) == 60
+    # Arrays: the last call stops where the data end.
+    vae.fit(x, batch_size=4, epochs=1, verbose=0)
+    assert int(vae.optimizer.iterations) == 76
+    # A number is used as given; eagerly, one step per call.
+    fixed = make_vae(seed=0, compile=False)
+    fixed.compile(optimizer="adam", steps_per_execution=3)
+    assert fixed.steps_per_execution == 3 and fixed.get_compile_config()["steps_per_execution"] == 3
+    eager = make_vae(seed=0, compile=False)
+    eager.compile(run_eagerly=True)
+    assert eager.steps_per_execution == 1
+
+
+def test_automatic_steps_per_execution_survives_save_and_load(make_vae, prototype_images, tmp_path):
+    vae = make_vae(seed=0, compile=False, input_shape=(None, 8, 8, 1))
+    vae.compile()
+    path = str(tmp_path / "m.keras")
+    vae.save(path)
+    loaded = keras_vae.saving.load_model(path)
+    assert loaded.get_compile_config()["steps_per_execution"] == "auto"
+    stream = tf.data.Dataset.from_tensor_slices(prototype_images[0][:40]).batch(4).repeat()
+    loaded.fit(stream, steps_per_epoch=10, epochs=1, verbose=0)
+    assert loaded.steps_per_execution == 10 and int(loaded.optimizer.iterations) == 10
+
+
+@pytest.mark.parametrize("levers", [{}, {"steps_per_execution": 5}], ids=["auto", "5"])
+def test_fast_settings_train_the_same_model_as_one_step_per_call(make_vae, prototype_images, levers):
+    # Same seed, same data: several steps per compiled call change nothing
+    # but the float32 rounding of the same arithmetic. (Not so XLA, which is
+    # no default on CPUs: TensorFlow's stateless samplers draw other numbers
+    # from the same seed inside XLA-compiled functions.)
+    x = prototype_images[0][:256]
+
+    def trained(**compile_kwargs):
+        vae = make_vae(seed=0, compile=False, input_shape=(None, 8, 8, 1))
+        vae.compile(optimizer=keras.optimizers.Adam(1e-2), **compile_kwargs)
+        history = vae.fit(x, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        return vae, history.history
+
+    reference, reference_history = trained(steps_per_execution=1)
+    fast, fast_history = trained(**levers)
+    assert fast.steps_per_execution > 1
+    assert int(fast.optimizer.iterations) == int(reference.optimizer.iterations) == 16
+    # 16 Adam steps of lr 1e-2 on weights of magnitude ~1: each step's
+    # rounding differences are amplified at most a few-fold.
+    for a, b in zip(fast.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=float32_atol(np.abs(b).max() + 1, roundings=16 * 64))
+    np.testing.assert_allclose(fast_history["elbo"], reference_history["elbo"], rtol=0, atol=float32_atol(60, roundings=16 * 64))
+
+
+@pytest.mark.parametrize("validate_inputs", [True, False])
+@pytest.mark.parametrize("feed", ["arrays", "dataset"])
+def test_xla_trains_a_model_built_by_fit(prototype_images, validate_inputs, feed):
+    # An unbuilt model under jit_compile=True: built (and its optimizer) from
+    # the data's shape before the first step; XLA cannot create variables.
+    x = prototype_images[0][:64]
+    keras.utils.set_random_seed(0)
+    vae = keras_vae.VAE(
+        GaussianEncoder(2, hidden_units=(8,)),
+        BernoulliDecoder((8, 8, 1), hidden_units=(8,)),
+        validate_inputs=validate_inputs,
+    )
+    vae.compile(jit_compile=True)
+    data = x if feed == "arrays" else tf.data.Dataset.from_tensor_slices(x).batch(8)
+    history = vae.fit(data, batch_size=8 if feed == "arrays" else None, epochs=2, verbose=0)
+    assert int(vae.optimizer.iterations) == 16
+    assert np.all(np.isfinite(history.history["loss"]))

@@ -14,11 +14,17 @@ The JSON goes beside MODEL (for an export, beside its version directory, never
 in it), named after what was evaluated: evaluation-v1-validation.json for
 version 1 on the whole validation split with the defaults, and
 evaluation-v1-validation-k100-n2000.json for --samples 100 --take 2000 (other
-settings add -<dataset>, -seed<S>). An existing file of a different evaluation
-(other model file, dataset, splits, k, examples or seed) is never replaced:
-the command stops before evaluating; --output PATH writes elsewhere (or
-replaces PATH on purpose). Re-running the same evaluation rewrites its file,
-keeping any other fields it holds.
+settings add -<dataset>, -seed<S>, -<dtype policy>). An existing file of a
+different evaluation (other model file, dataset, splits, k, examples or seed)
+is never replaced: the command stops before evaluating; --output PATH writes
+elsewhere (or replaces PATH on purpose). Re-running the same evaluation
+rewrites its file, keeping any other fields it holds.
+
+A .keras model or run directory is evaluated in the precision it was saved
+with; --dtype-policy mixed_bfloat16 runs it with bfloat16 matrix products
+(distributions, log-weights and their logsumexp stay float32), faster on
+CPUs with AVX512_BF16, and --dtype-policy float32 runs a mixed_bfloat16 model
+in float32. The JSON records the policy used.
 """
 
 import json
@@ -45,6 +51,13 @@ def parse_args(argv=None):
     parser.add_argument("--take", type=int, default=None, help="only the first N examples of each split (default: all)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the samples")
     parser.add_argument(
+        "--dtype-policy",
+        default=None,
+        choices=_cli.config_module().DTYPE_POLICIES,
+        help="run the model in this Keras dtype policy (mixed_bfloat16: bfloat16 "
+        "matrix products; not for an export) (default: the one it was saved with)",
+    )
+    parser.add_argument(
         "--output",
         default=None,
         help="JSON file, written even if it exists (default: beside MODEL, named after "
@@ -68,11 +81,27 @@ def load(path):
     return training.load_model_or_run(path)
 
 
-def default_output(model_path, splits, dataset=DEFAULT_DATASET, samples=DEFAULT_SAMPLES, take=None, seed=DEFAULT_SEED):
+def set_dtype_policy(model, policy, path):
+    """Runs a loaded Keras model in `policy`; an export cannot be switched."""
+    from keras_vae import _precision
+    from keras_vae import exported as exported_lib
+
+    if isinstance(model, exported_lib.ExportedVAE):
+        raise ValueError(
+            "Expected a .keras file or a run directory with --dtype-policy (an "
+            "export computes in the precision it was exported in). Received: "
+            f"{path}, an export"
+        )
+    _precision.set_model_dtype_policy(model, policy)
+    print(f"Running in dtype policy {policy}")
+
+
+def default_output(model_path, splits, dataset=DEFAULT_DATASET, samples=DEFAULT_SAMPLES, take=None, seed=DEFAULT_SEED, dtype_policy=None):
     """Where the evaluation goes without --output: a name that says what it is.
 
-    `evaluation-<model>-<splits>[-<dataset>][-k<samples>][-n<take>][-seed<seed>].json`,
-    each bracketed part only when not the default. <model> is `v<version>` for
+    `evaluation-<model>-<splits>[-<dataset>][-k<samples>][-n<take>][-seed<seed>][-<dtype_policy>].json`,
+    each bracketed part only when not the default (for the policy: when
+    --dtype-policy is given). <model> is `v<version>` for
     an export version directory (the file goes beside it, never in it: TF
     Serving may be serving it), the file's stem for a .keras file (beside
     it), and nothing for a run directory (in it).
@@ -96,6 +125,8 @@ def default_output(model_path, splits, dataset=DEFAULT_DATASET, samples=DEFAULT_
         parts.append(f"n{take}")
     if seed != DEFAULT_SEED:
         parts.append(f"seed{seed}")
+    if dtype_policy is not None:
+        parts.append(dtype_policy)
     return os.path.join(directory, "-".join(parts) + ".json")
 
 
@@ -178,15 +209,19 @@ def main(argv=None):
     output = args.output
     record = {}
     if output is None:
-        output = default_output(args.model, args.split, args.dataset, args.samples, args.take, args.seed)
+        output = default_output(args.model, args.split, args.dataset, args.samples, args.take, args.seed, args.dtype_policy)
         record = check_output(output, args)  # before the (long) evaluation
     model = load(args.model)
+    if args.dtype_policy is not None:
+        set_dtype_policy(model, args.dtype_policy, args.model)
     results = {}
     for split in args.split:
         ds = data.load(args.dataset, split, batch_size=args.batch_size, shuffle=False, data_dir=args.data_dir, take=args.take)
         results[split] = evaluation.evaluate(model, ds, num_samples=args.samples, seed=args.seed, verbose=args.verbose)
     print(evaluation.format_table(results))
     record.update({"model": args.model, "dataset": args.dataset, "seed": args.seed, "take": args.take, "splits": results})
+    if hasattr(model, "dtype_policy"):  # a Keras model (an export has none)
+        record["dtype_policy"] = model.dtype_policy.name
     with open(output, "w") as f:
         json.dump(record, f, indent=2)
     print(f"Wrote {output}")

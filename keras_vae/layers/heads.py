@@ -25,6 +25,14 @@ one on a symbolic `keras.Input` raises at construction, saying how to compose
 it instead. With `convert_to_tensor_fn="sample"`, `"mean"` or `"mode"` they
 return that tensor, eagerly and symbolically alike, so they work in
 functional and Sequential models.
+
+**Mixed precision.** The heads are the float32 output layer of a
+mixed-precision model: under a mixed policy such as `"mixed_bfloat16"`
+(given to the head, or to the encoder or decoder that makes it) they take
+the network's bfloat16 parameters on in float32 and give a float32
+distribution (parameters, samples, log-probabilities summed over the
+event). They compute in their policy's variable dtype
+(`keras_vae._precision.ComputesInVariableDtype`): float64 stays float64.
 """
 
 import math
@@ -33,6 +41,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_vae import _precision
 from keras_vae import _random
 from keras_vae.layers import _dense_stack
 
@@ -131,7 +140,9 @@ class DistributionLayer(keras.layers.Layer):
                 f"distribution. Received: a symbolic input of shape {tuple(inputs.shape)}"
             )
         shape = self.compute_output_shape(tuple(inputs.shape))
-        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+        # A distribution is in the variable dtype (float32 under a mixed
+        # policy), whatever dtype the encoder's or decoder's network uses.
+        return keras.KerasTensor(shape, dtype=self.variable_dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -139,11 +150,13 @@ class DistributionLayer(keras.layers.Layer):
         return config
 
 
-class _IndependentHead(DistributionLayer):
+class _IndependentHead(_precision.ComputesInVariableDtype, DistributionLayer):
     """Parameters `[..., k * prod(event_shape)]` (or event-shaped) -> distribution.
 
     Subclasses set `num_parameters(...)` (k, per element of the event) and
     `_distribution(*parts)`, each part of shape `[..., *event_shape]`.
+    Computes in its policy's variable dtype (float32 under
+    `"mixed_bfloat16"`; see the module docstring).
     """
 
     def __init__(self, event_shape, **kwargs):

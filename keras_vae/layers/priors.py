@@ -1,4 +1,12 @@
-"""Priors p(z): the standard normal, a learned Gaussian mixture, the VampPrior."""
+"""Priors p(z): the standard normal, a learned Gaussian mixture, the VampPrior.
+
+Under a mixed dtype policy (`"mixed_bfloat16"`) a prior computes in float32,
+its policy's variable dtype (`keras_vae._precision.ComputesInVariableDtype`):
+its variables (mixture logits, means and scales, VampPrior pseudo-inputs)
+are float32 and read as float32, and `distribution()` and log p(z) are
+float32. A VampPrior's encoder runs in its own policy (bfloat16 products)
+and gives float32 components.
+"""
 
 import math
 
@@ -6,13 +14,15 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_vae import _precision
 from keras_vae.layers import _dense_stack
 
 tfd = tfp.distributions
 
 
-class _Prior(keras.layers.Layer):
-    """What every prior shares: `call(z)` is log p(z) of `distribution()`."""
+class _Prior(_precision.ComputesInVariableDtype, keras.layers.Layer):
+    """What every prior shares: `call(z)` is log p(z) of `distribution()`,
+    both in the policy's variable dtype (float32 under `"mixed_bfloat16"`)."""
 
     def call(self, inputs):
         z = tf.cast(inputs, self.compute_dtype)

@@ -160,7 +160,10 @@ class InputChecks:
         return x
 
     def _prepare(self, x, step=None, checked=False, in_pipeline=False, cast=True):
-        """Validates x and casts it to the compute dtype.
+        """Validates x and casts it to the variable dtype.
+
+        The variable dtype: float32 under a mixed policy, where the encoder
+        rounds its own input and the likelihood sees the data unrounded.
 
         Shape and dtype are checked in Python (at trace time when traced).
         Unless `checked` (the input was checked where it entered: `fit`,
@@ -224,7 +227,7 @@ class InputChecks:
         if not checked:
             # On the data as given (uint8 needs no cast to be checked).
             x = self._check_values(x, step, in_pipeline=in_pipeline)
-        return tf.cast(x, self.compute_dtype) if cast else x
+        return tf.cast(x, self.variable_dtype) if cast else x
 
     def _value_summary(self, x):
         """(ok, min, max, any non-finite) of a batch, in three reductions.
@@ -323,19 +326,13 @@ class InputChecks:
         drawn. Inputs of other kinds (e.g. an already distributed dataset)
         are passed on unchecked, with a warning.
         """
+        self._build_for(data)
         if data is None or not self.validate_inputs:
             return data
         if isinstance(data, tf.data.Dataset):
             if not self.built:
                 # The map below must not create the model's variables.
-                spec = data.element_spec
-                spec = spec[0] if isinstance(spec, tuple) else spec
-                spec = spec["image"] if isinstance(spec, dict) and "image" in spec else spec
-                shape = getattr(spec, "shape", None)
-                if shape is not None and shape.rank and shape[1:].is_fully_defined():
-                    self.build((None,) + tuple(shape[1:]))
-                else:
-                    self._check_batch_now(next(iter(data)))
+                self._check_batch_now(next(iter(data)))
             # Not converted by AutoGraph: an InputError raised while tracing
             # (dtype, static shape) reaches the caller as itself.
             check = tf.autograph.experimental.do_not_convert(self._check_in_pipeline)
@@ -353,6 +350,30 @@ class InputChecks:
             )
             return data
         return self._check_batch_now(data)
+
+    def _build_for(self, data):
+        """Builds the model from the shape of `data` (an array, a tensor, or
+        a dataset's element spec), reading no data, if that shape is known.
+
+        Then no variable is created inside a compiled step (which XLA
+        refuses) nor inside a `tf.data` map.
+        """
+        if self.built or data is None:
+            return
+        if isinstance(data, tf.data.Dataset):
+            spec = data.element_spec
+            spec = spec[0] if isinstance(spec, tuple) else spec
+            spec = spec["image"] if isinstance(spec, dict) and "image" in spec else spec
+            shape = getattr(spec, "shape", None)
+        elif _is_array_like(data):
+            try:
+                shape = tf.TensorShape(np.shape(self._unpack(data)))
+            except (InputError, ValueError, TypeError):
+                return  # refused with a clear message by the checks
+        else:
+            return
+        if shape is not None and shape.rank and shape[1:].is_fully_defined():
+            self.build((None,) + tuple(shape[1:]))
 
     def check_batch(self, *element):
         """A `tf.data` map function that checks batches as `fit` does.

@@ -24,7 +24,7 @@ def _package_version():
 OBJECTIVES = ("elbo", "iwae")
 # The most training steps per compiled call that `compile()`'s default
 # ("auto") runs: see VAE.compile and benchmarks/README.md.
-AUTO_STEPS_PER_EXECUTION = 16
+AUTO_STEPS_PER_EXECUTION = 32
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -296,7 +296,7 @@ class VAE(InputChecks, keras.Model):
         """
         if not prepared:
             x = self._prepare(x)
-        beta = tf.cast(self.beta, self.compute_dtype)
+        beta = tf.cast(self.beta, self.variable_dtype)
         if self.objective == "elbo" or self.num_samples == 1:
             # k = 1: the importance-weighted objective is the ELBO itself.
             terms = self.elbo_terms(x, training=training, num_samples=self.num_samples, prepared=True)
@@ -462,6 +462,10 @@ class VAE(InputChecks, keras.Model):
                     self.optimizer.build(self.trainable_variables)
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if self.built and self.optimizer is not None and not self.optimizer.built:
+            # Its variables now: created inside the first step, they could not
+            # be lifted out of an XLA-compiled one (jit_compile=True).
+            self.optimizer.build(self.trainable_variables)
 
     # ------------------------------------------------------------- saving
 
