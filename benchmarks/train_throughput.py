@@ -96,6 +96,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="TF intra- and inter-op threads, and the peers' threads (default 0: TF picks, one per core; the peers get one per usable CPU)")
     parser.add_argument("--peers", default=DEFAULT_PEERS, help=f"comma-separated peers in other frameworks, among {', '.join(_peers.PEERS)} (default {DEFAULT_PEERS}); each is installed into benchmarks/.venvs/ on first use")
     parser.add_argument("--no-peers", action="store_true", help="no PyTorch or JAX peers (same as --peers '')")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profile of a step printed after the table (benchmarks/profile_step.py, about a minute)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 6,400 examples, 20 steps, 5 warm-up steps, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
@@ -538,7 +539,30 @@ def main(argv=None):
         f"(nats per image) of the last measurement, after {total_steps} steps for each contender. "
         "Load average at the end (1, 5, 15 min): " + load
     )
+    if args.profile:
+        run_profile(args)
     return 0
+
+
+def run_profile(args):
+    """Prints where a step of `vae.compile()`'s defaults goes: profile_step.py
+    (TensorFlow's profiler), in its own process, on the tf.data feed."""
+    import subprocess
+
+    command = [
+        sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "profile_step.py"),
+        "--feeds", "tf.data", "--rounds", "1", "--top", "0",
+    ]  # fmt: skip
+    if args.quick:
+        command.append("--quick")
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    print(f"\nProfile of a training step with the defaults ({' '.join(command[1:])}):", flush=True)
+    done = subprocess.run(command, check=False)
+    if done.returncode:
+        print(f"(the profile did not finish: exit status {done.returncode})")
 
 
 if __name__ == "__main__":

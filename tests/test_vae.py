@@ -763,3 +763,33 @@ def test_xla_trains_a_model_built_by_fit(prototype_images, validate_inputs, feed
     history = vae.fit(data, batch_size=8 if feed == "arrays" else None, epochs=2, verbose=0)
     assert int(vae.optimizer.iterations) == 16
     assert np.all(np.isfinite(history.history["loss"]))
+
+
+@pytest.mark.parametrize(
+    "flags, override, expected",
+    [
+        ({"avx2", "fma"}, None, True),  # AVX2 only: XLA measured faster
+        ({"avx2", "fma", "avx512f"}, None, False),  # AVX-512: oneDNN measured faster
+        ({"avx2", "avx512f"}, "1", True),
+        ({"avx2"}, "0", False),
+        (None, None, False),  # flags unknown
+    ],
+)
+def test_compile_picks_xla_by_the_cpu(make_vae, monkeypatch, flags, override, expected):
+    from keras_vae import _precision
+
+    monkeypatch.setattr(_precision, "cpu_flags", lambda: flags)
+    if override is None:
+        monkeypatch.delenv("KERAS_VAE_AUTO_XLA", raising=False)
+    else:
+        monkeypatch.setenv("KERAS_VAE_AUTO_XLA", override)
+    vae = make_vae(seed=0, compile=False)
+    vae.compile()
+    assert vae.jit_compile is expected
+    assert vae.get_compile_config()["jit_compile"] == "auto"  # decided again on load
+    given = make_vae(seed=0, compile=False)
+    given.compile(jit_compile=not expected)
+    assert given.jit_compile is (not expected)
+    eager = make_vae(seed=0, compile=False)
+    eager.compile(run_eagerly=True)
+    assert eager.jit_compile is False

@@ -326,7 +326,7 @@ class VAE(InputChecks, keras.Model):
 
     # ------------------------------------------------------------- training
 
-    def compile(self, optimizer=None, steps_per_execution="auto", **kwargs):
+    def compile(self, optimizer=None, steps_per_execution="auto", jit_compile="auto", **kwargs):
         """`keras.Model.compile`, with defaults that are fast on CPUs.
 
         The optimizer defaults to `keras_vae.optimizers.FusedAdam(1e-3)`:
@@ -343,8 +343,17 @@ class VAE(InputChecks, keras.Model):
         executions, so a number that does not divide it would run extra
         steps each epoch), and 1 when running eagerly or on several
         replicas. Callbacks' `on_train_batch_*` then run once per execution.
-        An int is used as given. `jit_compile` keeps Keras's default
-        ("auto": no XLA on a CPU-only machine, where it measured no faster).
+        An int is used as given.
+
+        `jit_compile="auto"` (the default) decides by the hardware, as
+        measured by benchmarks/train_throughput.py: on a CPU-only machine XLA
+        where the CPU has AVX2 but no AVX-512 (XLA's code was about 1.2 times
+        faster than oneDNN's kernels there), none with AVX-512 (oneDNN's
+        AVX-512 kernels were faster) or on several replicas; elsewhere
+        Keras's own "auto". The environment variable `KERAS_VAE_AUTO_XLA`
+        ("0" or "1") overrides the choice for CPUs. Under XLA the same seed
+        draws other random numbers (TensorFlow's stateless samplers differ
+        there), so runs with and without it differ by more than rounding.
         """
         if optimizer is None:
             from keras_vae.optimizers import FusedAdam
@@ -355,10 +364,34 @@ class VAE(InputChecks, keras.Model):
             steps_per_execution = self._steps_per_execution_for(
                 None, run_eagerly=kwargs.get("run_eagerly", False)
             )
-        super().compile(optimizer=optimizer, steps_per_execution=steps_per_execution, **kwargs)
+        self._auto_jit = jit_compile == "auto"
+        if self._auto_jit:
+            jit_compile = self._auto_jit_compile(kwargs.get("run_eagerly", False))
+        super().compile(
+            optimizer=optimizer,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            **kwargs,
+        )
         if self.built:
             # Its variables now, not inside the first (maybe XLA) step.
             self.optimizer.build(self.trainable_variables)
+
+    def _auto_jit_compile(self, run_eagerly):
+        """What `jit_compile="auto"` means here (see `compile`)."""
+        import os
+
+        from keras_vae import _precision
+
+        if run_eagerly or tf.config.list_physical_devices("GPU"):
+            return "auto"  # Keras decides (no XLA eagerly)
+        if self.distribute_strategy.num_replicas_in_sync > 1:
+            return False
+        override = os.environ.get("KERAS_VAE_AUTO_XLA")
+        if override in ("0", "1"):
+            return override == "1"
+        flags = _precision.cpu_flags() or set()
+        return "avx2" in flags and "avx512f" not in flags
 
     def _steps_per_execution_for(self, steps_per_epoch, run_eagerly=None):
         """What `steps_per_execution="auto"` means for a `fit` call."""
@@ -380,11 +413,17 @@ class VAE(InputChecks, keras.Model):
         return super().fit(*args, steps_per_epoch=steps_per_epoch, **kwargs)
 
     def get_compile_config(self):
+        # "auto" is saved as "auto": decided again on the machine that loads it.
         config = super().get_compile_config()
-        if config and getattr(self, "_auto_steps_per_execution", False):
-            config = dict(config, steps_per_execution="auto")
+        autos = {}
+        if getattr(self, "_auto_steps_per_execution", False):
+            autos["steps_per_execution"] = "auto"
+        if getattr(self, "_auto_jit", False):
+            autos["jit_compile"] = "auto"
+        if config and autos:
+            config = dict(config, **autos)
             if isinstance(config.get("config"), dict):
-                config["config"] = dict(config["config"], steps_per_execution="auto")
+                config["config"] = dict(config["config"], **autos)
         return config
 
     def compile_from_config(self, config):
