@@ -26,6 +26,7 @@ import os
 
 from keras_vae import evaluation
 from keras_vae import training
+from keras_vae._files import read_json
 
 __all__ = ["CAPTIONS", "REPORT_NAME", "write_plots", "write_report"]
 
@@ -79,18 +80,10 @@ figcaption { font-size: 0.9em; color: #444; max-width: 900px; }
 """
 
 
-def _read_json(path):
-    """The JSON in `path`, or None when it is missing or unreadable."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
 
 def _run_config(run_dir):
     """The `config.json` of the run in `run_dir` (a dict); ValueError if none."""
-    config = _read_json(training.paths(run_dir)["config"])
+    config = read_json(training.paths(run_dir)["config"])
     if not isinstance(config, dict):
         listing = sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else "(not found)"
         raise ValueError(
@@ -253,7 +246,7 @@ def write_report(run_dir, path=None, include_plots=True):
     path = path or os.path.join(run_dir, REPORT_NAME)
     status = training.read_status(run_dir)
     history = training.read_history(files["history"])
-    results = _read_json(files["evaluation"])
+    results = read_json(files["evaluation"])
     from keras_vae import __version__
 
     name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))

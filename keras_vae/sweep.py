@@ -197,13 +197,6 @@ def read_table(sweep_dir):
         return json.load(f)
 
 
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
 
 def _evaluation_is_current(report, status, split, num_samples):
     """Whether `report` (a run's evaluation.json) evaluated the run as it is
@@ -272,6 +265,7 @@ def run_sweep(
     from keras_vae import evaluation
     from keras_vae import plotting
     from keras_vae import training
+    from keras_vae._files import read_json
     from keras_vae.layers._dense_stack import check_positive_int
 
     betas = parse_betas(betas)
@@ -292,7 +286,7 @@ def run_sweep(
         model, history = training.train(run_config, fresh=fresh)
         status = training.read_status(run_dir) or {}
         run_files = training.paths(run_dir)
-        report = _read_json(run_files["evaluation"])
+        report = read_json(run_files["evaluation"])
         if _evaluation_is_current(report, status, eval_split, eval_samples):
             print(f"   evaluation of step {status['step']} read from {run_files['evaluation']}")
         else:

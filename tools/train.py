@@ -115,13 +115,6 @@ def parse_args(argv=None):
     return args
 
 
-def _read_report(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
 
 def _write_report(path, report):
     with open(path, "w") as f:
@@ -131,6 +124,7 @@ def _write_report(path, report):
 def main(argv=None):
     args = parse_args(argv)
     from keras_vae import data, distribute, evaluation, training
+    from keras_vae._files import read_json
     from keras_vae import report as run_report  # report.html; `report` is evaluation.json's dict
 
     # Before any other TensorFlow work: devices and collectives are set up here.
@@ -148,7 +142,7 @@ def main(argv=None):
         return {"epochs_run": len(history.get("epoch", []))}
 
     status = training.read_status(config.output_dir) or {}
-    previous = _read_report(files["evaluation"])
+    previous = read_json(files["evaluation"])
     if previous is not None and previous.get("step") == status.get("step"):
         # Nothing trained since the report: keep its figures, no new export.
         return _complete(args, model, files, previous)
