@@ -35,29 +35,56 @@ class FusedAdam(keras.optimizers.Adam):
     >>> # vae.compile(optimizer=optimizer)
     """
 
-    def update_step(self, gradient, variable, learning_rate):
-        if (
+    def _fused(self, gradient):
+        return not (
             self.amsgrad
             or isinstance(gradient, tf.IndexedSlices)
             or tf.distribute.has_strategy()
             or keras.backend.backend() != "tensorflow"
-        ):
-            return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
+        )
+
+    def _scalars(self, dtype, learning_rate):
+        """The kernel's scalar arguments in `dtype`, made once per dtype and
+        step by `_backend_update_step` (not once per variable)."""
         local_step = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        return {
+            "beta1_power": tf.pow(beta_1, local_step),
+            "beta2_power": tf.pow(beta_2, local_step),
+            "lr": tf.cast(learning_rate, dtype),
+            "beta1": beta_1,
+            "beta2": beta_2,
+            "epsilon": tf.cast(self.epsilon, dtype),
+        }
+
+    def _apply(self, gradient, variable, scalars):
         index = self._get_variable_index(variable)
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
             m=self._momentums[index].handle,
             v=self._velocities[index].handle,
-            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), local_step),
-            beta2_power=tf.pow(tf.cast(self.beta_2, dtype), local_step),
-            lr=tf.cast(learning_rate, dtype),
-            beta1=tf.cast(self.beta_1, dtype),
-            beta2=tf.cast(self.beta_2, dtype),
-            epsilon=tf.cast(self.epsilon, dtype),
-            grad=tf.cast(gradient, dtype),
+            grad=tf.cast(gradient, variable.dtype),
+            **scalars,
         )
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not self._fused(gradient):
+            return super().update_step(gradient, variable, learning_rate)
+        self._apply(gradient, variable, self._scalars(variable.dtype, learning_rate))
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # All variables of a step share the scalars (the step count, beta
+        # powers, casts): about 60 fewer small ops per step than one set per
+        # variable, each a trip through TensorFlow's executor.
+        if not all(self._fused(g) for g in grads):
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        scalars = {}
+        for gradient, variable in zip(grads, trainable_variables):
+            dtype = variable.dtype
+            if dtype not in scalars:
+                scalars[dtype] = self._scalars(dtype, learning_rate)
+            self._apply(gradient, variable, scalars[dtype])
 
 
 def make_optimizer(learning_rate=1e-3, lr_halve_every=0, steps_per_epoch=None):
