@@ -793,3 +793,12 @@ def test_compile_picks_xla_by_the_cpu(make_vae, monkeypatch, flags, override, ex
     eager = make_vae(seed=0, compile=False)
     eager.compile(run_eagerly=True)
     assert eager.jit_compile is False
+
+
+def test_a_steps_per_execution_that_does_not_divide_the_epoch_warns_of_the_extra_steps(make_vae, prototype_images):
+    vae = make_vae(seed=0, compile=False, input_shape=(None, 8, 8, 1))
+    vae.compile(optimizer="adam", steps_per_execution=4)
+    stream = tf.data.Dataset.from_tensor_slices(prototype_images[0][:40]).batch(4).repeat()
+    with pytest.warns(UserWarning, match=r"steps_per_execution=4 does not divide steps_per_epoch=10: .* 2 extra step\(s\) \(12\)"):
+        vae.fit(stream, steps_per_epoch=10, epochs=1, verbose=0)
+    assert int(vae.optimizer.iterations) == 12  # what Keras does, and the warning says

@@ -2,6 +2,7 @@
 
 import math
 import numbers
+import warnings
 
 import keras
 import tensorflow as tf
@@ -410,6 +411,15 @@ class VAE(InputChecks, keras.Model):
                 self.steps_per_execution = steps
                 # Keras traced its step loops for the previous number.
                 self.train_function = self.test_function = self.predict_function = None
+        elif steps_per_epoch and steps_per_epoch % self.steps_per_execution:
+            extra = -steps_per_epoch % self.steps_per_execution
+            warnings.warn(
+                f"steps_per_execution={self.steps_per_execution} does not divide "
+                f"steps_per_epoch={steps_per_epoch}: Keras runs whole executions, so "
+                f"each epoch trains {extra} extra step(s) ({steps_per_epoch + extra}). "
+                'compile(steps_per_execution="auto") picks a divisor.',
+                stacklevel=2,
+            )
         return super().fit(*args, steps_per_epoch=steps_per_epoch, **kwargs)
 
     def get_compile_config(self):
