@@ -13,6 +13,9 @@
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_vae.layers.heads import LogitBernoulli
+from keras_vae.layers.heads import _logit_bernoulli_log_prob
+
 tfd = tfp.distributions
 
 __all__ = ["iwae_bound", "iwae_objective", "log_importance_weights"]
@@ -21,8 +24,6 @@ __all__ = ["iwae_bound", "iwae_objective", "log_importance_weights"]
 def _bernoulli_logits(p, x):
     """The logits of p(x|z) if it is the package's Bernoulli over x's whole
     event (`Independent(LogitBernoulli)`), else None."""
-    from keras_vae.layers.heads import LogitBernoulli
-
     if not (
         isinstance(p, tfd.Independent)
         and isinstance(p.distribution, LogitBernoulli)
@@ -37,21 +38,14 @@ def _bernoulli_logits(p, x):
 def _bernoulli_log_likelihood(logits, x):
     """sum_d x l - softplus(l) for logits `[S, B, D]` and x `[B, D]`: `[S, B]`.
 
-    The same arithmetic as `LogitBernoulli.log_prob` summed over the event
-    (softplus(l) = max(l, 0) + log(1 + exp(-|l|)), see
-    `keras_vae.layers.heads._softplus`), compiled by XLA into one pass over
-    the logits: with k samples per image it is most of the importance
-    sampler's work after the decoder's matrix products, and unfused it took
-    as long as half of them on an AVX-512 CPU. Only the importance-weighted
+    `LogitBernoulli.log_prob`'s arithmetic summed over the event, compiled
+    by XLA into one pass over the logits: with k samples per image it is
+    most of the importance sampler's work after the decoder's matrix
+    products, and unfused it took as long as half of them on an AVX-512
+    CPU. Only the importance-weighted
     paths use it (not the exported signatures, which stay free of XLA).
     """
-    positive = tf.maximum(logits, tf.zeros((), logits.dtype))
-    per_element = (
-        tf.math.multiply_no_nan(logits, x)
-        - positive
-        - tf.math.log(1 + tf.exp(logits - 2 * positive))
-    )
-    return tf.reduce_sum(per_element, axis=-1)
+    return tf.reduce_sum(_logit_bernoulli_log_prob(logits, x), axis=-1)
 
 
 def log_importance_weights(model, x, q, z, training=False, prior=None):

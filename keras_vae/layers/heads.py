@@ -66,12 +66,17 @@ def _softplus(x):
     return positive + tf.math.log(1 + tf.exp(x - 2 * positive))
 
 
+def _logit_bernoulli_log_prob(logits, x):
+    """Per element, log p(x) = x l - softplus(l) of a Bernoulli with logits l."""
+    return tf.math.multiply_no_nan(logits, x) - _softplus(logits)
+
+
 class LogitBernoulli(tfd.Bernoulli):
     """`tfd.Bernoulli` whose log-probability costs one softplus per element.
 
     log p(x) = x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l)
-    for logits l: one softplus (`_softplus` above), a multiply and a
-    subtraction per element,
+    for logits l (`_logit_bernoulli_log_prob` above): one softplus, a multiply
+    and a subtraction per element,
     where `tfd.Bernoulli.log_prob` computes softplus(l) and softplus(-l) and
     two products (twice the transcendental work, which dominates the
     importance-sampled evaluation after the matrix products). The two agree
@@ -85,7 +90,7 @@ class LogitBernoulli(tfd.Bernoulli):
             return super()._log_prob(event)
         logits = tf.convert_to_tensor(self._logits)
         event = tf.cast(event, logits.dtype)
-        return tf.math.multiply_no_nan(logits, event) - _softplus(logits)
+        return _logit_bernoulli_log_prob(logits, event)
 
 
 def check_convert_to_tensor_fn(value):
