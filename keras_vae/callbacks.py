@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae._grid import tile
 from keras_vae.backup import BackupError
 from keras_vae.backup import TrainingBackup
 
@@ -174,24 +175,6 @@ def _count(name, value, minimum):
             f"Expected `{name}` to be an integer >= {minimum}. Received: {name}={value!r}"
         )
     return int(value)
-
-
-def _tile(images, cols, pad=0, pad_value=0.0):
-    """`[n, h, w, c]` frames -> one `[H, W, c]` image, row by row, `cols` a row.
-
-    `pad` pixels of `pad_value` separate the frames and surround the grid;
-    the cells after the last frame are `pad_value`.
-    """
-    n, h, w, c = images.shape
-    rows = -(-n // cols)
-    canvas = np.full(
-        (rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value, np.float32
-    )
-    for i, image in enumerate(images):
-        row, col = divmod(i, cols)
-        top, left = pad + row * (h + pad), pad + col * (w + pad)
-        canvas[top : top + h, left : left + w] = image
-    return canvas
 
 
 class TensorBoardImages(keras.callbacks.Callback):
@@ -359,7 +342,7 @@ class TensorBoardImages(keras.callbacks.Callback):
                 x = self.images[: self.num_reconstructions]
                 recon = self.model.reconstruct(x).mean()
                 frames = np.concatenate([self._frames(x), self._frames(recon)])
-                grid = _tile(frames, self.num_reconstructions, pad=1, pad_value=0.5)
+                grid = tile(frames, self.num_reconstructions, pad=1, pad_value=0.5)
                 tf.summary.image(
                     "reconstructions",
                     grid[None],
@@ -371,7 +354,7 @@ class TensorBoardImages(keras.callbacks.Callback):
             if self.num_samples:
                 samples = self.model.sample(self.num_samples, seed=self.seed).mean()
                 cols = int(np.ceil(np.sqrt(self.num_samples)))
-                grid = _tile(self._frames(samples), cols, pad=1, pad_value=0.5)
+                grid = tile(self._frames(samples), cols, pad=1, pad_value=0.5)
                 tf.summary.image(
                     "samples",
                     grid[None],
@@ -394,7 +377,7 @@ class TensorBoardImages(keras.callbacks.Callback):
         x = self.images[: self.projector_examples]
         if not self._sprite_written:
             frames = self._frames(x)
-            sprite = _tile(frames, int(np.ceil(np.sqrt(len(frames)))))
+            sprite = tile(frames, int(np.ceil(np.sqrt(len(frames)))))
             png = tf.io.encode_png(np.round(sprite * 255).astype(np.uint8))
             tf.io.write_file(os.path.join(directory, "sprite.png"), png)
             if self.labels is not None:

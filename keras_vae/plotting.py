@@ -17,6 +17,8 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 
+from keras_vae._grid import tile  # noqa: E402
+
 from keras_vae import evaluation  # noqa: E402
 from keras_vae.layers._dense_stack import check_positive_int  # noqa: E402
 
@@ -50,12 +52,8 @@ def _images(batch):
 
 
 def _tile(images, rows, cols, pad=1):
-    n, h, w = images.shape
-    canvas = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), np.float32)
-    for i in range(min(n, rows * cols)):
-        r, c = divmod(i, cols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = images[i]
-    return canvas
+    """The plots' grids: `rows` x `cols` frames, 1-pixel frames of value 1."""
+    return tile(images, cols, rows=rows, pad=pad, pad_value=1.0)
 
 
 def _save(fig, path):
