@@ -310,13 +310,6 @@ class InputChecks:
         self._prepare(data)
         return data
 
-    def _check_in_pipeline(self, *element):
-        """The `tf.data` map of `_checked`: the element, after its checks."""
-        data = element[0] if len(element) == 1 else element
-        x = self._prepare(data, in_pipeline=True, cast=False)
-        with tf.control_dependencies([x]):
-            return tf.nest.map_structure(tf.identity, data)
-
     def _checked(self, data):
         """`data` (any input `fit` takes) with its checks where it enters.
 
@@ -335,7 +328,7 @@ class InputChecks:
                 self._check_batch_now(next(iter(data)))
             # Not converted by AutoGraph: an InputError raised while tracing
             # (dtype, static shape) reaches the caller as itself.
-            check = tf.autograph.experimental.do_not_convert(self._check_in_pipeline)
+            check = tf.autograph.experimental.do_not_convert(self.check_batch)
             return data.map(check).prefetch(tf.data.AUTOTUNE)
         if inspect.isgenerator(data):
             return (self._check_batch_now(batch) for batch in data)
@@ -387,7 +380,10 @@ class InputChecks:
 
         >>> # ds = ds.map(vae.check_batch)
         """
-        return self._check_in_pipeline(*element)
+        data = element[0] if len(element) == 1 else element
+        x = self._prepare(data, in_pipeline=True, cast=False)
+        with tf.control_dependencies([x]):
+            return tf.nest.map_structure(tf.identity, data)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto",
             callbacks=None, validation_split=0.0, validation_data=None, **kwargs):

@@ -505,16 +505,13 @@ class VAE(InputChecks, keras.Model):
         # workers, for uint8 images (collectives take no uint8). A built
         # VAE needs nothing from the data: build only the optimizer.
         distributed = getattr(self, "_distribute_strategy", None) is not None
-        if distributed and all(layer.built for layer in self._flatten_layers()):
-            if self.optimizer is not None and not self.optimizer.built:
-                with self.distribute_strategy.scope():
-                    self.optimizer.build(self.trainable_variables)
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if not (distributed and all(layer.built for layer in self._flatten_layers())):
+            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         if self.built and self.optimizer is not None and not self.optimizer.built:
             # Its variables now: created inside the first step, they could not
             # be lifted out of an XLA-compiled one (jit_compile=True).
-            self.optimizer.build(self.trainable_variables)
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     # ------------------------------------------------------------- saving
 
