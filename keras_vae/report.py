@@ -311,21 +311,11 @@ def write_plots(run_dir, model=None, config=None, history=None, num_images=2000,
     Returns:
         The paths of the PNG files.
     """
-    from keras_vae import data
     from keras_vae import plotting
 
     files = training.paths(run_dir)
     config = config or training.TrainConfig(**_run_config(run_dir))
     model = training.load_model_or_run(run_dir) if model is None else model
     history = training.read_history(files["history"]) if history is None else history
-    ds = data.load(
-        config.dataset,
-        config.validation_split or config.train_split,
-        batch_size=num_images,
-        shuffle=False,
-        data_dir=data_dir or config.data_dir,
-        with_labels=True,
-        take=config.take,
-    )
-    images, labels = (t.numpy() for t in next(iter(ds)))
+    images, labels = training.held_out_images(config, num_images, data_dir=data_dir)
     return plotting.plot_all(model, history, images, files["plots"], labels=labels, seed=config.seed)

@@ -38,6 +38,7 @@ __all__ = [
     "DataError",
     "TrainConfig",
     "build_vae",
+    "held_out_images",
     "load_model_or_run",
     "paths",
     "read_history",
@@ -216,6 +217,27 @@ def _resolve_warmup(config, previous_config_path):
     return dataclasses.replace(config, warmup_epochs=warmup)
 
 
+def held_out_images(config, count, data_dir=None):
+    """The first `count` images of a run's validation split (its training
+    split when it has none), in order, with their labels (-1 where the
+    dataset has none): NumPy arrays `(images, labels)`.
+
+    What the run's plots and TensorBoard images show. `data_dir` defaults to
+    the config's.
+    """
+    ds = data_lib.load(
+        config.dataset,
+        config.validation_split or config.train_split,
+        batch_size=count,
+        shuffle=False,
+        data_dir=data_dir or config.data_dir,
+        with_labels=True,
+        take=config.take,
+    )
+    images, labels = (t.numpy() for t in next(iter(ds)))
+    return images, labels
+
+
 # Held-out images TensorBoardImages reconstructs and embeds for the projector.
 _TENSORBOARD_EXAMPLES = 1000
 
@@ -229,16 +251,7 @@ def _tensorboard_images(config, log_dir):
     """
     from keras_vae.callbacks import TensorBoardImages
 
-    ds = data_lib.load(
-        config.dataset,
-        config.validation_split or config.train_split,
-        batch_size=_TENSORBOARD_EXAMPLES,
-        shuffle=False,
-        data_dir=config.data_dir,
-        with_labels=True,
-        take=config.take,
-    )
-    images, labels = (t.numpy() for t in next(iter(ds)))
+    images, labels = held_out_images(config, _TENSORBOARD_EXAMPLES)
     return TensorBoardImages(
         log_dir,
         images,
