@@ -224,7 +224,7 @@ def test_a_nan_pixel_is_a_data_error_naming_the_step_and_is_not_trained_on(make_
     x = binary_images.copy()
     x[37, 2, 3, 0] = np.nan  # batch 2 of 16
     stream = tf.data.Dataset.from_tensor_slices(x).batch(16)
-    with pytest.raises(InputError, match=r"Received at training step 2 a batch with min, max, any NaN or inf = \S+ \S+ 1 \(refused") as error:
+    with pytest.raises(InputError, match=r"Received at training step 2: a batch with min, max, any NaN or inf = \S+ \S+ 1 \(refused") as error:
         model.fit(stream, epochs=1, verbose=0)
     assert error.value.step == 2  # typed: no parsing of the message
     eager = make_vae(input_shape=(None, 8, 8, 1), compile=False)

@@ -552,7 +552,7 @@ def test_a_bad_batch_in_a_stream_is_never_trained_on(
     vae, error = trained(_bad_batch_stream(x, bad_batch=3))
     assert error is not None and error.step == 3, error
     assert re.search(
-        r"Expected values in \[0, 1\].*Received at training step 3 a batch with min, max, "
+        r"Expected values in \[0, 1\].*Received at training step 3: a batch with min, max, "
         r"any NaN or inf = 0 2 0 \(refused: no update was made\)",
         str(error),
     ), str(error)
@@ -802,3 +802,18 @@ def test_a_steps_per_execution_that_does_not_divide_the_epoch_warns_of_the_extra
     with pytest.warns(UserWarning, match=r"steps_per_execution=4 does not divide steps_per_epoch=10: .* 2 extra step\(s\) \(12\)"):
         vae.fit(stream, steps_per_epoch=10, epochs=1, verbose=0)
     assert int(vae.optimizer.iterations) == 12  # what Keras does, and the warning says
+
+
+def test_check_batch_outside_fit_reads_as_a_sentence(make_vae):
+    # The pipeline's message leaves a place for the refusing step, which fit
+    # fills in; iterated by hand, the same message must read as it is (no
+    # template placeholder reaching the user).
+    vae = make_vae(input_shape=(None, 8, 8, 1))
+    x = np.full((4, 8, 8, 1), 2.0, "float32")
+    stream = tf.data.Dataset.from_tensor_slices(x).batch(4).map(vae.check_batch)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        next(iter(stream))
+    message = str(error.value)
+    assert "{where}" not in message and "Received{" not in message, message
+    assert "Expected values in [0, 1]" in message
+    assert "Received: a batch with min, max, any NaN or inf =" in message

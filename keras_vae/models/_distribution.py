@@ -4,6 +4,8 @@ Private to `keras_vae.models`: the model's step calls these; the strategies
 themselves are made in `keras_vae.distribute` (which builds on this module).
 """
 
+import contextlib
+
 import tensorflow as tf
 
 
@@ -13,6 +15,23 @@ def in_multi_worker_mode(strategy=None):
     return isinstance(
         strategy, tf.distribute.MultiWorkerMirroredStrategy
     ) and strategy.extended._in_multi_worker_mode()
+
+
+def creation_scope(model):
+    """The scope in which `model`'s variables must be created.
+
+    A model created inside `strategy.scope()` keeps that strategy; its
+    variables (built lazily, from the first batch's shape, by `fit` called
+    outside the scope, as in Keras's distributed-training guide) must be
+    created in the same scope, or the optimizer refuses them
+    ("`colocate_vars_with` must only be passed a variable created in this
+    tf.distribute.Strategy.scope()"). Already inside it (or with no
+    strategy), nothing is entered.
+    """
+    strategy = getattr(model, "_distribute_strategy", None)
+    if strategy is None or tf.distribute.get_strategy() is strategy:
+        return contextlib.nullcontext()
+    return strategy.scope()
 
 
 def scale_loss_for_distribution(loss, batch_size):

@@ -34,8 +34,9 @@ import tensorflow as tf
 # InputError it stands for.
 _TAG = "keras_vae input error: "
 _ARRAY = re.compile(r"^[-+.\deinaf ]+$")
-# Where the step that refused a batch is named, once known (see _message).
-_WHERE = "{where}"
+# Where the step that refused a batch is named, once known (see _message):
+# the first "Received:" of the text becomes "Received at training step N:".
+_RECEIVED = "Received:"
 # How TensorFlow reports an InputError raised by Python code in a tf.data
 # pipeline (Keras feeds generators and PyDatasets through one).
 _RAISED = "InputError: "
@@ -60,8 +61,8 @@ def _message(error, step=None):
     From an assertion: "assertion failed: [<tag><text>] [v1] [v2]\n\t [[node
     ...]]" -> "<text> v1 v2"; from an InputError raised by Python code in the
     pipeline (a generator's or PyDataset's batches, see `_checked`): its
-    one-line text. `{where}` in the text becomes " at training step <step>"
-    (or nothing).
+    one-line text. With a `step`, its first "Received:" becomes "Received
+    at training step <step>:".
     """
     message = error.message
     if _TAG not in message:
@@ -73,7 +74,9 @@ def _message(error, step=None):
         # Texts as they are, arrays (several numbers) in brackets.
         parts = [f"[{p}]" if _ARRAY.match(p) and " " in p else p for p in parts]
         text = " ".join(parts).strip()
-    return text.replace(_WHERE, "" if step is None else f" at training step {step}")
+    if step is None:
+        return text
+    return text.replace(_RECEIVED, f"Received at training step {step}:", 1)
 
 
 def _raising_input_errors(function, step=None, before=None):
@@ -94,6 +97,40 @@ def _raising_input_errors(function, step=None, before=None):
             raise InputError(_message(e, at), step=at) from None
 
     return wrapper
+
+
+def _refuse_weights(argument, received):
+    """Raises the error for per-example weights, which the VAE does not take."""
+    raise InputError(
+        f"Expected no `{argument}`: keras_vae.VAE trains on the mean ELBO (or "
+        "IWAE bound) of each batch and takes no per-example or per-class "
+        "weights (repeat or subsample the examples instead). "
+        f"Received: {received}"
+    )
+
+
+def _refuse_weight_arguments(kwargs):
+    """Refuses `sample_weight=` / `class_weight=` given to fit and the others."""
+    for argument in ("sample_weight", "class_weight"):
+        if kwargs.get(argument) is not None:
+            _refuse_weights(argument, f"{argument} of type {type(kwargs[argument]).__name__}")
+
+
+def _as_tuple(batch):
+    """A generator's batch as Keras wants it: a bare array becomes `(x,)`."""
+    return batch if isinstance(batch, tuple) else (batch,)
+
+
+def _check_not_empty(data, what):
+    """Refuses an array or a dataset known to hold no example."""
+    if isinstance(data, tf.data.Dataset):
+        if int(data.cardinality()) == 0:
+            raise InputError(f"Expected at least one batch in `{what}`. Received: an empty tf.data.Dataset")
+        return
+    x = InputChecks._unpack(data)
+    shape = np.shape(x)
+    if len(shape) and shape[0] == 0:
+        raise InputError(f"Expected at least one example in `{what}`. Received: {what}.shape={tuple(shape)}")
 
 
 class _CheckedPyDataset(keras.utils.PyDataset):
@@ -148,8 +185,14 @@ class InputChecks:
 
     @staticmethod
     def _unpack(data):
-        """x from an array, `(x,)`, `(x, y)`, `(x, y, w)` or a TFDS dict."""
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        """x from an array, `(x,)`, `(x, y)` or a TFDS dict (y is ignored).
+
+        `(x, y, sample_weight)` is refused: the objective has no per-example
+        weights (see `_refuse_weights`).
+        """
+        x, _, weights = keras.utils.unpack_x_y_sample_weight(data)
+        if weights is not None:
+            _refuse_weights("sample_weight", "batches of (x, y, sample_weight)")
         if isinstance(x, dict):
             if "image" not in x:
                 raise InputError(
@@ -290,8 +333,8 @@ class InputChecks:
             return x
         check = tf.debugging.Assert(
             ok,
-            [f"{_TAG}Expected {expectation}. Received{_WHERE if in_pipeline else ''}"]
-            + ["a batch with min, max, any NaN or inf =", low_seen, high_seen, nonfinite]
+            [f"{_TAG}Expected {expectation}. {_RECEIVED} a batch with min, max, any NaN or inf ="]
+            + [low_seen, high_seen, nonfinite]
             + (["(refused: no update was made)"] if in_pipeline else []),
         )
         with tf.control_dependencies([check]):
@@ -310,7 +353,7 @@ class InputChecks:
         self._prepare(data)
         return data
 
-    def _checked(self, data):
+    def _checked(self, data, what="x"):
         """`data` (any input `fit` takes) with its checks where it enters.
 
         Arrays and tensors are checked now, whole; a `tf.data.Dataset` gets a
@@ -319,6 +362,10 @@ class InputChecks:
         drawn. Inputs of other kinds (e.g. an already distributed dataset)
         are passed on unchecked, with a warning.
         """
+        if inspect.isgenerator(data):
+            data = (_as_tuple(batch) for batch in data)
+        elif isinstance(data, tf.data.Dataset) or _is_array_like(data):
+            _check_not_empty(data, what)
         self._build_for(data)
         if data is None or not self.validate_inputs:
             return data
@@ -387,11 +434,16 @@ class InputChecks:
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto",
             callbacks=None, validation_split=0.0, validation_data=None, **kwargs):
+        _refuse_weight_arguments(kwargs)
         x = self._checked(x)
         if isinstance(validation_data, (tuple, list)):
-            validation_data = (self._checked(validation_data[0]),) + tuple(validation_data[1:])
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                _refuse_weights("sample_weight", "validation_data=(x, y, sample_weight)")
+            validation_data = (
+                self._checked(validation_data[0], "validation_data"),
+            ) + tuple(validation_data[1:])
         else:
-            validation_data = self._checked(validation_data)
+            validation_data = self._checked(validation_data, "validation_data")
         return super().fit(
             x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
             callbacks=callbacks, validation_split=validation_split,
@@ -399,6 +451,7 @@ class InputChecks:
         )  # fmt: skip
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
+        _refuse_weight_arguments(kwargs)
         if not kwargs.get("_use_cached_eval_dataset"):  # fit's, checked there
             x = self._checked(x)
         return super().evaluate(x, y, *args, **kwargs)
@@ -407,10 +460,12 @@ class InputChecks:
         return super().predict(self._checked(x), *args, **kwargs)
 
     def train_on_batch(self, x, *args, **kwargs):
+        _refuse_weight_arguments(kwargs)
         self._check_beta()
         return super().train_on_batch(self._checked(x), *args, **kwargs)
 
     def test_on_batch(self, x, *args, **kwargs):
+        _refuse_weight_arguments(kwargs)
         return super().test_on_batch(self._checked(x), *args, **kwargs)
 
     def predict_on_batch(self, x):

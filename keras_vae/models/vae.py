@@ -26,6 +26,29 @@ OBJECTIVES = ("elbo", "iwae")
 # The most training steps per compiled call that `compile()`'s default
 # ("auto") runs: see VAE.compile and benchmarks/README.md.
 AUTO_STEPS_PER_EXECUTION = 32
+# Which way each logged metric improves, for callbacks in mode "auto".
+METRIC_MODES = {"loss": "min", "kl": "min", "reconstruction": "max", "elbo": "max", "iwae": "max"}
+
+
+def _set_monitor_modes(callbacks):
+    """Gives callbacks that monitor one of the VAE's metrics in mode "auto"
+    (`EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau`) its direction.
+
+    Keras 3.15 infers a direction only for `compile(metrics=...)` metrics,
+    and only at the end of the first epoch (`EarlyStopping("val_elbo")` then
+    raises, after training an epoch), while `ReduceLROnPlateau` takes every
+    metric without "acc" in its name to improve downwards.
+    """
+    for callback in callbacks or ():
+        monitor = getattr(callback, "monitor", None)
+        if getattr(callback, "mode", None) != "auto" or not isinstance(monitor, str):
+            continue
+        mode = METRIC_MODES.get(monitor.removeprefix("val_"))
+        if mode is None:
+            continue
+        callback.mode = mode
+        if isinstance(callback, keras.callbacks.ReduceLROnPlateau):
+            callback._reset()  # it chose its comparison at construction
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -180,13 +203,14 @@ class VAE(InputChecks, keras.Model):
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
-        if not self.encoder.built:
-            self.encoder.build(input_shape)
-        latent_shape = (None, self.latent_dim)
-        if not self.decoder.built:
-            self.decoder.build(latent_shape)
-        if not self.prior.built:
-            self.prior.build(latent_shape)
+        with _distribution.creation_scope(self):
+            if not self.encoder.built:
+                self.encoder.build(input_shape)
+            latent_shape = (None, self.latent_dim)
+            if not self.decoder.built:
+                self.decoder.build(latent_shape)
+            if not self.prior.built:
+                self.prior.build(latent_shape)
         decoder_event = getattr(self.decoder, "event_shape", None)
         encoder_event = self.input_event_shape
         if (
@@ -376,7 +400,8 @@ class VAE(InputChecks, keras.Model):
         )
         if self.built:
             # Its variables now, not inside the first (maybe XLA) step.
-            self.optimizer.build(self.trainable_variables)
+            with _distribution.creation_scope(self):
+                self.optimizer.build(self.trainable_variables)
 
     def _auto_jit_compile(self, run_eagerly):
         """What `jit_compile="auto"` means here (see `compile`)."""
@@ -405,6 +430,7 @@ class VAE(InputChecks, keras.Model):
         return max(d for d in range(1, AUTO_STEPS_PER_EXECUTION + 1) if steps_per_epoch % d == 0)
 
     def fit(self, *args, steps_per_epoch=None, **kwargs):
+        _set_monitor_modes(kwargs.get("callbacks"))
         if getattr(self, "_auto_steps_per_execution", False):
             steps = self._steps_per_execution_for(steps_per_epoch)
             if steps != self.steps_per_execution:
@@ -421,6 +447,29 @@ class VAE(InputChecks, keras.Model):
                 stacklevel=2,
             )
         return super().fit(*args, steps_per_epoch=steps_per_epoch, **kwargs)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """`keras.Model.export`: the reconstruction mean (`call`) as `serve`.
+
+        Keras infers a subclassed model's input signature from a first
+        `__call__`, which `fit` (whose steps call the encoder and decoder)
+        never makes: here it comes from the built model's event shape. For
+        the package's signatures (`encode`, `decode`, `sample`, `elbo`, ...)
+        and versioned TF Serving directories, use
+        `keras_vae.export.export_for_serving`.
+        """
+        if not self.built or self.input_event_shape is None:
+            raise ValueError(
+                "Expected a built model to export (fit it, call it on data, or "
+                "build it with model.build((None, *event_shape))). Received: an unbuilt model"
+            )
+        if input_signature is None:
+            input_signature = [
+                tf.TensorSpec((None,) + tuple(self.input_event_shape), tf.float32, name="x")
+            ]
+        return super().export(
+            filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
+        )
 
     def get_compile_config(self):
         # "auto" is saved as "auto": decided again on the machine that loads it.
@@ -510,7 +559,7 @@ class VAE(InputChecks, keras.Model):
         if self.built and self.optimizer is not None and not self.optimizer.built:
             # Its variables now: created inside the first step, they could not
             # be lifted out of an XLA-compiled one (jit_compile=True).
-            with self.distribute_strategy.scope():
+            with _distribution.creation_scope(self):
                 self.optimizer.build(self.trainable_variables)
 
     # ------------------------------------------------------------- saving
