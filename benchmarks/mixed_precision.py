@@ -19,7 +19,7 @@ weights:
   batch, num_samples=k)` on the first --eval-images validation images in
   batches of 100 (as tools/evaluate.py), k = --eval-samples, one set of
   weights run in either policy (a fresh model, or --model PATH.keras,
-  switched with `keras_vae._precision.set_model_dtype_policy`); the chunk
+  switched with `keras_vae.precision.set_model_dtype_policy`); the chunk
   function is traced before timing. Median over --rounds of the seconds
   (wall and CPU) for all the images, importance samples/s, the mean
   log p(x), and the per-image difference of log p(x) between the policies
@@ -69,12 +69,12 @@ def benchmark_vae(policy, seed=0):
     import keras
 
     import keras_vae
-    from keras_vae import _precision
+    from keras_vae._internal import precision
     from keras_vae.layers import BernoulliDecoder
     from keras_vae.layers import GaussianEncoder
 
     keras.utils.set_random_seed(seed)
-    with _precision.dtype_policy_scope(policy):
+    with precision.dtype_policy_scope(policy):
         return keras_vae.VAE(
             GaussianEncoder(_common.LATENT_DIM, hidden_units=_common.ENCODER_UNITS),
             BernoulliDecoder(_common.IMAGE_SHAPE, hidden_units=_common.DECODER_UNITS),
@@ -155,7 +155,7 @@ def time_evaluation(args):
     import numpy as np
 
     import keras_vae
-    from keras_vae import _precision
+    from keras_vae._internal import precision
     from keras_vae import evaluation
 
     x = images("validation", args.eval_images, args.data_dir)
@@ -166,7 +166,7 @@ def time_evaluation(args):
             model = keras_vae.saving.load_model(args.model)
         else:
             model = benchmark_vae("float32", args.seed)
-        models[policy] = _precision.set_model_dtype_policy(model, policy)
+        models[policy] = precision.set_model_dtype_policy(model, policy)
     chunk = max(1, evaluation.DEFAULT_MAX_ELEMENTS // (EVAL_BATCH * _common.EVENT_SIZE))
     for model in models.values():  # traces the chunk function
         evaluation.importance_sampled_log_likelihood(model, batches[0], num_samples=min(chunk, args.eval_samples))

@@ -40,9 +40,10 @@ from keras_vae.layers import BernoulliDecoder
 from keras_vae.layers import GaussianDecoder
 from keras_vae.layers import GaussianEncoder
 from keras_vae.layers import StandardNormalPrior
+from keras_vae.models import HierarchicalVAE
 from keras_vae.models import VAE
 
-__version__ = "0.2.0"
+from keras_vae._internal.version import VERSION as __version__  # noqa: E402
 
 # Public modules imported when first used: `keras_vae.plotting` imports
 # matplotlib and SciPy, `data` (and `training` and `report`, which use it) TensorFlow
@@ -52,6 +53,7 @@ _LAZY_MODULES = ("config", "data", "plotting", "report", "sweep", "training")
 
 __all__ = [
     "VAE",
+    "HierarchicalVAE",
     "BernoulliDecoder",
     "GaussianDecoder",
     "GaussianEncoder",

@@ -9,8 +9,8 @@ decoder's network feeds the Bernoulli head without a projection).
 
 import keras
 
-from keras_vae.config import ARCHITECTURES
-from keras_vae.config import PRIORS
+from keras_vae._internal.choices import ARCHITECTURES
+from keras_vae._internal.choices import PRIORS
 from keras_vae.layers import BernoulliDecoder
 from keras_vae.layers import GaussianEncoder
 from keras_vae.layers import MixtureOfGaussiansPrior
@@ -25,6 +25,7 @@ __all__ = [
     "conv_encoder_network",
     "make_decoder",
     "make_encoder",
+    "make_hierarchy",
 ]
 
 
@@ -79,6 +80,29 @@ def conv_decoder_network(event_shape, filters=(64, 32), name="conv_decoder"):
     return keras.Sequential(layers, name=name)
 
 
+def _mlp_encoder(architecture, latent_dim, hidden_units, name):
+    gated = architecture == "gated"
+    return GaussianEncoder(
+        latent_dim, hidden_units=hidden_units, activation=None if gated else "relu", gated=gated, name=name
+    )
+
+
+def make_hierarchy(architecture, latent_dim, num_layers, hidden_units, event_shape):
+    """The layers of a `keras_vae.HierarchicalVAE` of `num_layers` latent
+    layers of `latent_dim` each, every conditional an MLP (or gated MLP) of
+    `hidden_units`: `(encoders, conditional_priors, decoder)`, top first
+    (encoder names `encoder_L` ... `encoder_1`, priors `prior_{L-1}` ...)."""
+    _check(architecture, event_shape, hidden_units)
+    if architecture == "conv":
+        raise ValueError(
+            "Expected architecture 'mlp' or 'gated' for a hierarchy. Received: architecture='conv'"
+        )
+    levels = range(num_layers, 0, -1)
+    encoders = [_mlp_encoder(architecture, latent_dim, hidden_units, f"encoder_{l}") for l in levels]
+    priors = [_mlp_encoder(architecture, latent_dim, hidden_units, f"prior_{l}") for l in levels][1:]
+    return encoders, priors, make_decoder(architecture, hidden_units, event_shape)
+
+
 def make_encoder(architecture, latent_dim, hidden_units, event_shape):
     """The encoder of `architecture`: `hidden_units` are the MLP's widths, or
     the conv layers' filters (then one Dense layer of `4 * filters[-1]`)."""
@@ -86,14 +110,7 @@ def make_encoder(architecture, latent_dim, hidden_units, event_shape):
     if architecture == "conv":
         network = conv_encoder_network(hidden_units, dense_units=4 * hidden_units[-1])
         return GaussianEncoder(latent_dim, network=network, name="encoder")
-    gated = architecture == "gated"
-    return GaussianEncoder(
-        latent_dim,
-        hidden_units=hidden_units,
-        activation=None if gated else "relu",
-        gated=gated,
-        name="encoder",
-    )
+    return _mlp_encoder(architecture, latent_dim, hidden_units, "encoder")
 
 
 def make_decoder(architecture, hidden_units, event_shape):

@@ -12,6 +12,11 @@ import os
 import keras
 import numpy as np
 
+from keras_vae import distribute
+from keras_vae._internal.files import write_atomically
+from keras_vae._internal.files import write_json
+from keras_vae._internal.validation import is_int
+
 __all__ = ["BackupError", "TrainingBackup"]
 
 
@@ -25,28 +30,6 @@ def _seed_generators(model):
     for layer in model._flatten_layers(include_self=True, recursive=True):
         generators.extend(getattr(layer, "_seed_generators", []))
     return generators
-
-
-def _write_atomically(path, write):
-    """Calls `write(tmp_path)` then renames tmp_path to `path` (atomic on POSIX)."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_json(path, value):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(value, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _write_atomically(path, write)
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -96,13 +79,13 @@ class TrainingBackup(keras.callbacks.Callback):
         if not backup_dir:
             raise ValueError(f"Expected a backup directory. Received: backup_dir={backup_dir!r}")
         if save_freq != "epoch" and (
-            isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1
+            not is_int(save_freq) or save_freq < 1
         ):
             raise ValueError(
                 "Expected save_freq='epoch' or a positive number of steps. "
                 f"Received: save_freq={save_freq!r}"
             )
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        if not is_int(keep) or keep < 1:
             raise ValueError(f"Expected keep to be an int >= 1. Received: keep={keep!r}")
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq = save_freq
@@ -230,8 +213,6 @@ class TrainingBackup(keras.callbacks.Callback):
         return all(np.all(np.isfinite(w)) for w in self.model.get_weights())
 
     def _save(self, logs):
-        from keras_vae.distribute import is_chief
-
         step = self._step()
         if self.last_saved is not None and self.last_saved["step"] == step:
             return
@@ -247,12 +228,12 @@ class TrainingBackup(keras.callbacks.Callback):
                 np.asarray(g.state.numpy()).tolist() for g in _seed_generators(self.model)
             ],
         }
-        if is_chief(self.model.distribute_strategy):
+        if distribute.is_chief(self.model.distribute_strategy):
             os.makedirs(self.backup_dir, exist_ok=True)
             weights = os.path.join(self.backup_dir, state["weights"])
             # The temporary name keeps the ".weights.h5" suffix Keras requires.
-            _write_atomically(weights, self.model.save_weights)
-            _write_json(os.path.join(self.backup_dir, self.LATEST), state)
+            write_atomically(weights, self.model.save_weights)
+            write_json(os.path.join(self.backup_dir, self.LATEST), state)
             self._prune(keep_step=step)
         self.last_saved = state
 

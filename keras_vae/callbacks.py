@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_vae._grid import tile
+from keras_vae._internal.grid import tile
+from keras_vae._internal.validation import is_int
 from keras_vae.backup import BackupError
 from keras_vae.backup import TrainingBackup
 
@@ -51,7 +52,7 @@ class KLWarmup(keras.callbacks.Callback):
 
     def __init__(self, epochs, start=0.0, end=1.0):
         super().__init__()
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        if not is_int(epochs) or epochs < 0:
             raise ValueError(
                 f"Expected `epochs` to be an int >= 0. Received: epochs={epochs!r}"
             )
@@ -170,7 +171,7 @@ _SPRITE_MAX_SIDE = 8192
 
 def _count(name, value, minimum):
     """`value` if it is an int >= `minimum`, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(
             f"Expected `{name}` to be an integer >= {minimum}. Received: {name}={value!r}"
         )
@@ -288,7 +289,7 @@ class TensorBoardImages(keras.callbacks.Callback):
         self.projector_examples = min(
             _count("projector_examples", projector_examples, 0), shape[0]
         )
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        if not is_int(seed):
             raise ValueError(f"Expected `seed` to be an integer. Received: seed={seed!r}")
         self.seed = int(seed)
         # One frame of the data as shown: [height, width, channels].

@@ -15,17 +15,16 @@ import dataclasses
 import json
 import os
 
-# The names of keras_vae.data.DATASETS (that module imports TensorFlow).
-DATASETS = ("binarized_mnist", "fashion_mnist", "mnist")
-DEFAULT_DATASET = "binarized_mnist"
-ARCHITECTURES = ("mlp", "gated", "conv")
-PRIORS = ("standard", "mixture", "vamp")
-# keras_vae.models.vae.OBJECTIVES (that module imports TensorFlow).
-OBJECTIVES = ("elbo", "iwae")
-# keras_vae.distribute.STRATEGIES (that module imports TensorFlow).
-STRATEGIES = ("default", "mirrored", "multiworker")
-# Keras dtype policies a run can train in (see keras_vae/_precision.py).
-DTYPE_POLICIES = ("float32", "mixed_bfloat16")
+# The choice lists, declared once in keras_vae/_internal/choices.py (standard
+# library only; tools/_cli.py loads it first when it reads this file alone).
+from keras_vae._internal.choices import ARCHITECTURES  # noqa: E402
+from keras_vae._internal.choices import DATASETS  # noqa: E402
+from keras_vae._internal.choices import DEFAULT_DATASET  # noqa: E402
+from keras_vae._internal.choices import DTYPE_POLICIES  # noqa: E402
+from keras_vae._internal.choices import OBJECTIVES  # noqa: E402
+from keras_vae._internal.choices import PRIORS  # noqa: E402
+from keras_vae._internal.choices import STRATEGIES  # noqa: E402
+
 MAX_DEFAULT_WARMUP_EPOCHS = 10
 
 __all__ = [
@@ -37,12 +36,25 @@ __all__ = [
     "OBJECTIVES",
     "PRIORS",
     "STRATEGIES",
+    "STRUCTURE_FIELDS",
     "TrainConfig",
     "default_name",
     "default_output_dir",
     "default_warmup_epochs",
     "int_tuple",
+    "structure_differences",
 ]
+
+# The fields of a `TrainConfig` that decide the variables of the run's model
+# and optimizer, or the columns of its history.csv (the objective: an IWAE run
+# logs `iwae`): a backup written under other values cannot be restored into
+# the model a config builds (see `structure_differences`). The others
+# (epochs, beta, seed, the learning rate's value, the data, ...) can change
+# between the sessions of a run.
+STRUCTURE_FIELDS = (
+    "architecture", "hidden_units", "latent_dim", "latent_layers", "prior", "prior_components",
+    "lr_halve_every", "objective",
+)  # fmt: skip
 
 
 def default_name(dataset):
@@ -85,6 +97,52 @@ def int_tuple(text):
     return values
 
 
+def structure_differences(previous, config):
+    """The fields in which `config` builds another model than `previous`.
+
+    Compares the `STRUCTURE_FIELDS` only: `prior_components` where both
+    priors are learned ones (the standard normal has no components), and of
+    `lr_halve_every` only whether it is 0 (a constant learning rate is an
+    optimizer variable; a schedule has none).
+
+    Args:
+        previous: The config a run was trained with: a dict as in its
+            `config.json` (a missing field has its default) or a
+            `TrainConfig`.
+        config: The `TrainConfig` to continue it with.
+
+    Returns:
+        A list of `(name, previous value, value)`, in `STRUCTURE_FIELDS`
+        order; empty when the run's backup fits `config`'s model.
+
+    Example:
+
+    >>> structure_differences({"latent_dim": 32, "epochs": 10}, TrainConfig(latent_dim=16, epochs=20))
+    [('latent_dim', 32, 16)]
+    """
+    if isinstance(previous, TrainConfig):
+        previous = dataclasses.asdict(previous)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    old = {name: previous.get(name, defaults[name]) for name in STRUCTURE_FIELDS}
+    try:
+        old["hidden_units"] = int_tuple(old["hidden_units"])
+    except ValueError:
+        pass  # an unreadable value differs from any valid one
+    new = {name: getattr(config, name) for name in STRUCTURE_FIELDS}
+    learned = old["prior"] != "standard" and new["prior"] != "standard"
+    differences = []
+    for name in STRUCTURE_FIELDS:
+        if name == "prior_components" and not learned:
+            continue
+        if name == "lr_halve_every":
+            if bool(old[name]) == bool(new[name]):
+                continue
+        elif old[name] == new[name]:
+            continue
+        differences.append((name, old[name], new[name]))
+    return differences
+
+
 def _option(default, help, **metadata):
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
@@ -125,7 +183,13 @@ class TrainConfig:
         "e.g. 32,64); the decoder mirrors them",
         type=int_tuple,
     )
-    latent_dim: int = _option(32, "number of latent dimensions")
+    latent_dim: int = _option(32, "number of latent dimensions (per latent layer)")
+    latent_layers: int = _option(
+        1,
+        "stochastic layers: 1, a VAE; L >= 2, a hierarchical VAE (keras_vae.HierarchicalVAE: "
+        "q(z_L|x), q(z_l|x, z_l+1), p(z_l|z_l+1), p(x|z_1..z_L), each network as "
+        "--architecture and --hidden-units say; --prior on the top layer; mlp or gated only)",
+    )
     beta: float = _option(1.0, "final weight of the KL term (1: the ELBO)")
     prior: str = _option(
         "standard",
@@ -227,7 +291,7 @@ class TrainConfig:
                 f"Received: steps_per_execution={value!r}"
             )
         for name in (
-            "epochs", "batch_size", "latent_dim", "prior_components", "num_samples",
+            "epochs", "batch_size", "latent_dim", "latent_layers", "prior_components", "num_samples",
         ):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -246,13 +310,22 @@ class TrainConfig:
                     f"Expected `{name}` to be an integer >= 0. Received: {name}={value!r}"
                 )
         if self.take is not None and (not isinstance(self.take, int) or self.take <= 0):
-            raise ValueError(f"Expected `take` to be None or > 0. Received: take={self.take!r}")
+            raise ValueError(
+                "Expected `take` to be a positive integer (or None: every example). "
+                f"Received: take={self.take!r}"
+            )
         if not self.learning_rate > 0:
             raise ValueError(
                 f"Expected learning_rate > 0. Received: learning_rate={self.learning_rate}"
             )
         if not self.beta >= 0:
             raise ValueError(f"Expected beta >= 0. Received: beta={self.beta}")
+        if self.latent_layers > 1 and self.architecture == "conv":
+            raise ValueError(
+                "Expected architecture 'mlp' or 'gated' for a hierarchical VAE (the conditionals "
+                "read flattened inputs). Received: architecture='conv' with latent_layers="
+                f"{self.latent_layers}"
+            )
         if self.output_dir is None:
             self.output_dir = default_output_dir(default_name(self.dataset))
 

@@ -32,18 +32,22 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from keras_vae._internal import choices as choices_lib
+
 # The logical splits of mnist-like datasets as TFDS split strings: TFDS has
 # only train (60k) and test (10k); validation is the last 10k of train.
 _CARVED_VALIDATION = {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"}
 
 DATASETS = {
+    # One entry per name of keras_vae._internal.choices.DATASETS.
     # "splits": logical split -> TFDS split string; None: TFDS's own splits.
     "binarized_mnist": {"binarize": "none", "has_labels": False, "splits": None},
     "mnist": {"binarize": "dynamic", "has_labels": True, "splits": _CARVED_VALIDATION},
     "fashion_mnist": {"binarize": "dynamic", "has_labels": True, "splits": _CARVED_VALIDATION},
 }
-DEFAULT_DATASET = "binarized_mnist"
+DEFAULT_DATASET = choices_lib.DEFAULT_DATASET
 BINARIZATIONS = ("none", "dynamic", "threshold")
+assert set(DATASETS) == set(choices_lib.DATASETS), "one entry per keras_vae._internal.choices.DATASETS"
 
 __all__ = [
     "BINARIZATIONS",

@@ -13,7 +13,9 @@ import os
 
 import tensorflow as tf
 
-from keras_vae.models._distribution import in_multi_worker_mode
+from keras_vae._internal.choices import STRATEGIES
+from keras_vae._internal.distribution import in_multi_worker_mode
+from keras_vae._internal.validation import is_int
 
 __all__ = [
     "STRATEGIES",
@@ -26,7 +28,6 @@ __all__ = [
     "prepare_dataset",
 ]
 
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 _TF_CONFIG_EXAMPLE = (
     'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -76,7 +77,7 @@ def make_strategy(name, cpu_replicas=None):
     if name not in STRATEGIES:
         raise ValueError(f"Expected a strategy name in {STRATEGIES}. Received: name={name!r}")
     if cpu_replicas is not None and (
-        isinstance(cpu_replicas, bool) or not isinstance(cpu_replicas, int) or cpu_replicas < 1
+        not is_int(cpu_replicas) or cpu_replicas < 1
     ):
         raise ValueError(
             f"Expected cpu_replicas to be a positive int or None. Received: cpu_replicas={cpu_replicas!r}"

@@ -64,9 +64,7 @@ class _ImportanceSampler:
         return self._model()
 
     def _chunk_fn(self, x, num_samples, seed):
-        q = self.model.encoder(x, training=False)
-        z = q.sample(num_samples, seed=seed)
-        log_w, log_px_given_z = log_importance_weights(self.model, x, q, z)
+        log_w, log_px_given_z = self.model.importance_weights(x, num_samples, seed)
         return (
             tf.reduce_logsumexp(log_w, axis=0),
             tf.reduce_sum(log_px_given_z, axis=0),
@@ -126,7 +124,7 @@ def importance_sampled_log_likelihood(
 
     >>> log_px = importance_sampled_log_likelihood(vae, x, num_samples=100)  # doctest: +SKIP
     """
-    x = model._prepare(x)
+    x = model.prepare_inputs(x)
     return _sampler(model)(x, num_samples, seed, max_elements)[0]
 
 
@@ -212,16 +210,15 @@ def evaluate(
     base_seed = tf.constant([seed, 0], tf.int64)
     code_seed = tf.constant([seed, 1], tf.int64)
     for i, batch in enumerate(dataset):
-        x = model._prepare(batch)
+        x = model.prepare_inputs(batch)
         batch_seed = tf.random.experimental.stateless_fold_in(base_seed, i)
         log_px, reconstruction = sampler(x, num_samples, batch_seed, max_elements)
-        q = model.encoder(x, training=False)
-        kl = kl_lib.kl_divergence(q, model.prior.distribution(x.dtype))
+        summary = model.posterior_summary(x, tf.random.experimental.stateless_fold_in(code_seed, i))
         per["log_likelihood"].append(log_px.numpy())
         per["reconstruction"].append(reconstruction.numpy())
-        per["kl"].append(kl.numpy())
-        means.append(q.mean().numpy())
-        codes.append(q.sample(seed=tf.random.experimental.stateless_fold_in(code_seed, i)).numpy())
+        per["kl"].append(summary["kl"].numpy())
+        means.append(summary["mean"].numpy())
+        codes.append(summary["sample"].numpy())
         if progbar is not None:
             progbar.update(i + 1, [("nll", -_example_mean(per["log_likelihood"]))])
     if not per["kl"]:
@@ -240,7 +237,7 @@ def evaluate(
         "rate": float(per["kl"].mean()),
         "gap": float((per["log_likelihood"] - per["elbo"]).mean()),
         "active_units": count,
-        "latent_dim": int(model.latent_dim),
+        "latent_dim": int(means[0].shape[-1]),
         "aggregate_posterior_kl": aggregate_posterior_kl(np.concatenate(codes)),
         "num_examples": int(per["kl"].shape[0]),
         "num_samples": int(num_samples),

@@ -5,17 +5,44 @@
 version) with these signatures, each taking float32 tensors with a free batch
 dimension and returning named outputs:
 
-==================  ==============================  =====================================
-signature           inputs                          outputs
-==================  ==============================  =====================================
-encode              x [B, *event]                   loc, scale, z [B, L]
-decode              z [B, L]                        mean [B, *event], and logits (Bernoulli)
-                                                    or loc / scale (Gaussian)
-prior_log_prob      z [B, L]                        log_prob [B]
-elbo                x [B, *event]                   elbo, reconstruction, kl [B]
-sample              num [] int32                    mean [num, *event]
-serving_default     x [B, *event]                   mean [B, *event] (reconstruction)
-==================  ==============================  =====================================
+==================  ================================  =====================================
+signature           inputs                            outputs
+==================  ================================  =====================================
+embed               x [B, *event]                     loc, scale [B, L]: q(z|x)'s parameters
+                                                      (features for a downstream model)
+encode              x [B, *event], noise [B, L]       loc, scale, z = loc + scale * noise
+                                                      [B, L] (a hierarchical model: its top layer)
+decode              z [B, L]                          mean [B, *event], and logits (Bernoulli)
+                                                      or loc / scale (Gaussian)
+prior_log_prob      z [B, L]                          log_prob [B]
+elbo                x, noise [B, D]                   elbo, reconstruction, kl [B] (a
+                                                      hierarchical model: also kl_1 ... kl_L)
+sample              noise [B, D] (and uniform [B]     mean [B, *event]
+                    in [0, 1) for a mixture prior)
+posterior_sample    x, noise [B, D]                   z [B, D] (all latents), log_q [B]
+log_joint           x, z [B, D]                       log_prob [B] = log p(x|z) + log p(z),
+                                                      log_px_given_z [B]
+log_likelihood      x, noise [B, k, D]                log_likelihood [B]: the IWAE bound of
+                                                      the k draws, in nats
+serving_default     x [B, *event]                     mean [B, *event] (reconstruction)
+==================  ================================  =====================================
+
+L is the (top) latent size, D = `model.noise_dim` the size of all latents
+(L for a one-layer VAE). **Every signature is a function of its inputs**: no
+random op, no variable it updates, so the same inputs give the same outputs
+and a client that wants fresh draws sends fresh standard-normal `noise`.
+`posterior_sample` and `log_joint` are the importance-sampling contract:
+with them anyone computes log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x)
+without knowing the model's structure (`ExportedVAE` does). **Bad input**: a
+row of x outside the likelihood's range ([0, 1] for a Bernoulli; NaN or
+infinite for any) gives NaN in every output of that row, the other rows
+being unaffected; this is arithmetic, so TFLite, ONNX Runtime and TF.js
+behave as TensorFlow does (an `Assert` would be dropped by their
+converters). A wrong dtype is refused by TensorFlow (and TF Serving); x is
+reshaped to [-1, *event], which refuses rows of another size in every
+runtime (rows of the right size but another layout, such as [B, 784] for
+[B, 28, 28, 1] images, are read as row-major examples). Only builtin ops: the suite converts every signature
+with TFLite's builtins and (where installed) tf2onnx, and compares.
 
 The export is built with `keras.export.ExportArchive` (tracking the model), so
 TF Serving's graph-session loader, `tf.saved_model.load` and `TFSMLayer` all
@@ -73,8 +100,17 @@ import stat
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+from keras_vae import objectives
+from keras_vae._internal.choices import LEGACY_SIGNATURES
+from keras_vae._internal.choices import SIGNATURES
+from keras_vae._internal.validation import is_int
+from keras_vae._internal.version import VERSION
+from keras_vae.layers import BernoulliDecoder
+from keras_vae.layers import GaussianDecoder
 
 
 tfd = tfp.distributions
@@ -82,20 +118,22 @@ tfd = tfp.distributions
 __all__ = [
     "DESCRIPTION_FILE",
     "DESCRIPTION_FORMAT",
+    "LEGACY_SIGNATURES",
     "SIGNATURES",
     "build_archive",
     "describe",
     "existing_versions",
     "export_for_serving",
+    "needs_uniform",
 ]
 
-SIGNATURES = ("encode", "decode", "prior_log_prob", "elbo", "sample", "serving_default")
 # The model's description, relative to a version directory.
 DESCRIPTION_FILE = os.path.join("assets", "keras_vae.json")
-DESCRIPTION_FORMAT = 1
+DESCRIPTION_FORMAT = 2
 _VERSION = re.compile(r"^[0-9]+$")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Likelihood name -> (base distribution class, the `decode` outputs of its parameters).
-_LIKELIHOODS = {
+LIKELIHOODS = {
     "bernoulli": (tfd.Bernoulli, ("logits",)),
     "gaussian": (tfd.Normal, ("loc", "scale")),
 }
@@ -119,7 +157,7 @@ def _base(p):
 
 def _likelihood_name(p):
     """"bernoulli" or "gaussian" for a decoder distribution `p` (None: other)."""
-    for name, (distribution_class, _) in _LIKELIHOODS.items():
+    for name, (distribution_class, _) in LIKELIHOODS.items():
         if isinstance(_base(p), distribution_class):
             return name
     return None
@@ -141,9 +179,6 @@ def _decoder_outputs(p):
 def _likelihood(model):
     """The description's `likelihood`: from the decoder's class, or (for a
     decoder not from keras_vae) from the distribution it returns."""
-    from keras_vae.layers import BernoulliDecoder
-    from keras_vae.layers import GaussianDecoder
-
     decoder = model.decoder
     if isinstance(decoder, BernoulliDecoder):
         return {"name": "bernoulli"}
@@ -184,14 +219,15 @@ def describe(model):
     >>> describe(vae)["likelihood"]  # doctest: +SKIP
     {'name': 'bernoulli'}
     """
-    from keras_vae import __version__
-
     _check_built(model)
     description = {
         "format": DESCRIPTION_FORMAT,
-        "keras_vae_version": __version__,
+        "keras_vae_version": VERSION,
         "event_shape": [int(d) for d in model.input_event_shape],
         "latent_dim": int(model.latent_dim),
+        "noise_dim": int(model.noise_dim),
+        "model": type(model).__name__,
+        "sample_inputs": ["noise", "uniform"] if needs_uniform(model) else ["noise"],
         "likelihood": _likelihood(model),
         "prior": keras.saving.serialize_keras_object(model.prior),
         "encoder": _describe_layer(model.encoder),
@@ -210,43 +246,117 @@ def _check_built(model):
         )
 
 
+def needs_uniform(model):
+    """Whether `model`'s prior is a mixture, whose `sample` signature takes
+    `uniform` (the component of each row) beside `noise`."""
+    return isinstance(model.prior.distribution(), tfd.MixtureSameFamily)
+
+
+def _portable_input(model, x):
+    """`(x, invalid)`: x as the model computes on it, and `invalid` `[B]`:
+    0 for a row whose every value lies in the likelihood's `data_range`
+    ([0, 1] for a Bernoulli; finite otherwise), NaN for any other row (NaN
+    and infinities fail every comparison). Comparisons and a min: no
+    `Assert`, which converters drop."""
+    # A graph session (TF Serving's) does not check x against the signature's
+    # shape: a reshape refuses rows of another size, in every runtime.
+    x = tf.reshape(tf.cast(x, tf.float32), [-1] + list(model.input_event_shape))
+    low, high = getattr(model.decoder, "data_range", None) or (-_FLOAT32_MAX, _FLOAT32_MAX)
+    inside = tf.cast(x >= low, tf.float32) * tf.cast(x <= high, tf.float32)
+    valid = tf.reduce_min(tf.reshape(inside, [tf.shape(x)[0], -1]), axis=1)
+    # sqrt(0) = 0 for a valid row, sqrt(-1) = NaN for any other: arithmetic
+    # (tf2onnx turned a tf.where between 0 and NaN into NaN everywhere).
+    invalid = tf.sqrt(valid - 1.0)
+    return tf.cast(x, model.variable_dtype), invalid
+
+
+def _masked(outputs, invalid):
+    """`outputs` (float32) with the rows of invalid inputs made NaN."""
+    masked = {}
+    for name, value in outputs.items():
+        value = tf.cast(value, tf.float32)
+        rows = tf.reshape(invalid, tf.concat([[-1], tf.ones([value.shape.rank - 1], tf.int32)], 0))
+        masked[name] = value + rows
+    return masked
+
+
 def build_archive(model):
-    """A `keras.export.ExportArchive` with the signatures listed above."""
+    """A `keras.export.ExportArchive` with the signatures listed above.
+
+    Every signature is a function of its inputs (no random op, no variable
+    it updates, no `Assert`): randomness comes in as `noise` (and `uniform`),
+    and a row whose x is out of range gives NaN outputs (`_portable_input`).
+    """
     _check_built(model)
     event_shape = list(model.input_event_shape)
-    latent_dim = model.latent_dim
+    latent_dim, noise_dim = model.latent_dim, model.noise_dim
     x_spec = tf.TensorSpec([None] + event_shape, tf.float32, name="x")
     z_spec = tf.TensorSpec([None, latent_dim], tf.float32, name="z")
-    num_spec = tf.TensorSpec([], tf.int32, name="num")
+    code_noise = tf.TensorSpec([None, latent_dim], tf.float32, name="noise")
+    noise_spec = tf.TensorSpec([None, noise_dim], tf.float32, name="noise")
+    all_z_spec = tf.TensorSpec([None, noise_dim], tf.float32, name="z")
+    k_noise_spec = tf.TensorSpec([None, None, noise_dim], tf.float32, name="noise")
+    uniform_spec = tf.TensorSpec([None], tf.float32, name="uniform")
 
     def serving_default(x):
-        return {"mean": model(x, training=False)}
+        x, invalid = _portable_input(model, x)
+        return _masked({"mean": model.reconstruction_mean(x)}, invalid)
 
-    def encode(x):
-        q = model.encode(x)
-        return {"loc": q.mean(), "scale": q.stddev(), "z": q.sample()}
+    def embed(x):
+        x, invalid = _portable_input(model, x)
+        q = model.encoder(x, training=False)
+        return _masked({"loc": q.mean(), "scale": q.stddev()}, invalid)
+
+    def encode(x, noise):
+        x, invalid = _portable_input(model, x)
+        q = model.encoder(x, training=False)
+        z, _ = objectives.gaussian_sample_from_noise(q, noise)
+        return _masked({"loc": q.mean(), "scale": q.stddev(), "z": z}, invalid)
 
     def decode(z):
-        return _decoder_outputs(model.decode(z))
+        return {k: tf.cast(v, tf.float32) for k, v in _decoder_outputs(model.decode(z)).items()}
 
     def prior_log_prob(z):
-        return {"log_prob": model.prior(z)}
+        prior = model.prior.distribution(model.variable_dtype)
+        return {"log_prob": tf.cast(objectives.portable_log_prob(prior, z), tf.float32)}
 
-    def elbo(x):
-        return dict(model.elbo_terms(x))
+    def elbo(x, noise):
+        x, invalid = _portable_input(model, x)
+        return _masked(model.elbo_terms_from_noise(x, noise), invalid)
 
-    def sample(num):
-        return {"mean": model.sample(num).mean()}
+    def sample_from(noise, uniform=None):
+        return {"mean": tf.cast(model.decoder(model.prior_sample(noise, uniform)).mean(), tf.float32)}
+
+    def posterior_sample(x, noise):
+        x, invalid = _portable_input(model, x)
+        z, log_q = model.posterior_sample(x, noise)
+        return _masked({"z": z, "log_q": log_q}, invalid)
+
+    def log_joint(x, z):
+        x, invalid = _portable_input(model, x)
+        return _masked(model.joint_terms(x, z), invalid)
+
+    def log_likelihood(x, noise):
+        x, invalid = _portable_input(model, x)
+        bound = objectives.importance_bound_from_noise(model, x, noise)
+        return _masked({"log_likelihood": bound}, invalid)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     # serving_default first: it is the default TF Serving answers with.
     archive.add_endpoint("serving_default", serving_default, input_signature=[x_spec])
-    archive.add_endpoint("encode", encode, input_signature=[x_spec])
+    archive.add_endpoint("embed", embed, input_signature=[x_spec])
+    archive.add_endpoint("encode", encode, input_signature=[x_spec, code_noise])
     archive.add_endpoint("decode", decode, input_signature=[z_spec])
     archive.add_endpoint("prior_log_prob", prior_log_prob, input_signature=[z_spec])
-    archive.add_endpoint("elbo", elbo, input_signature=[x_spec])
-    archive.add_endpoint("sample", sample, input_signature=[num_spec])
+    archive.add_endpoint("elbo", elbo, input_signature=[x_spec, noise_spec])
+    if needs_uniform(model):
+        archive.add_endpoint("sample", sample_from, input_signature=[noise_spec, uniform_spec])
+    else:
+        archive.add_endpoint("sample", lambda noise: sample_from(noise), input_signature=[noise_spec])
+    archive.add_endpoint("posterior_sample", posterior_sample, input_signature=[x_spec, noise_spec])
+    archive.add_endpoint("log_joint", log_joint, input_signature=[x_spec, all_z_spec])
+    archive.add_endpoint("log_likelihood", log_likelihood, input_signature=[x_spec, k_noise_spec])
     return archive
 
 
@@ -278,7 +388,7 @@ def export_for_serving(model, base_dir, version=None, verbose=False):
     present = existing_versions(base_dir)
     if version is None:
         version = (present[-1] + 1) if present else 1
-    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+    if not is_int(version) or version <= 0:
         raise ValueError(
             f"Expected `version` to be a positive integer. Received: version={version!r}"
         )

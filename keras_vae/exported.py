@@ -16,11 +16,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_vae import objectives
 from keras_vae.export import DESCRIPTION_FILE
 from keras_vae.export import DESCRIPTION_FORMAT
+from keras_vae.export import LIKELIHOODS
+from keras_vae.export import LEGACY_SIGNATURES
 from keras_vae.export import SIGNATURES
-from keras_vae.export import _LIKELIHOODS
 from keras_vae.layers.heads import LogitBernoulli
+from keras_vae.models.vae import VAE
 
 tfd = tfp.distributions
 
@@ -63,11 +66,19 @@ def read_description(path):
 
 
 class _SignatureEncoder:
-    def __init__(self, signature):
+    """q(z|x) (the top layer's, for a hierarchical model) from `encode`."""
+
+    def __init__(self, signature, latent_dim, takes_noise):
         self._signature = signature
+        self._latent_dim = latent_dim
+        self._takes_noise = takes_noise
 
     def __call__(self, x, training=False):
-        out = self._signature(x=tf.cast(x, tf.float32))
+        x = tf.cast(x, tf.float32)
+        if self._takes_noise:  # loc and scale do not depend on the noise
+            out = self._signature(x=x, noise=tf.zeros([tf.shape(x)[0], self._latent_dim]))
+        else:
+            out = self._signature(x=x)
         return tfd.Independent(tfd.Normal(out["loc"], out["scale"]), 1)
 
 
@@ -142,7 +153,7 @@ def _inferred_description(signatures, event_shape, latent_dim):
     """
     outputs = set(signatures["decode"].structured_outputs)
     likelihood = None
-    for name, (_, parameters) in _LIKELIHOODS.items():
+    for name, (_, parameters) in LIKELIHOODS.items():
         if set(parameters) <= outputs:
             likelihood = name
     probe = tf.reshape(tf.linspace(-3.0, 3.0, 4 * latent_dim), [4, latent_dim])
@@ -169,7 +180,7 @@ def _inferred_description(signatures, event_shape, latent_dim):
         "prior": prior,
         "encoder": None,
         "decoder": None,
-        "signatures": [s for s in SIGNATURES if s in signatures],
+        "signatures": [s for s in LEGACY_SIGNATURES if s in signatures],
     }
 
 
@@ -212,10 +223,14 @@ class ExportedVAE:
             )
         self.path = path
         self.loaded = tf.saved_model.load(path)
-        missing = [s for s in SIGNATURES if s not in self.loaded.signatures]
+        # Exports of today's signatures answer the importance-sampling
+        # contract; older ones (LEGACY_SIGNATURES) are read as before.
+        self.portable = all(s in self.loaded.signatures for s in SIGNATURES)
+        missing = [s for s in LEGACY_SIGNATURES if s not in self.loaded.signatures]
         if missing:
             raise ValueError(
-                f"Expected a keras_vae export with signatures {list(SIGNATURES)}. "
+                f"Expected a keras_vae export with signatures {list(SIGNATURES)} (or, "
+                f"written before keras_vae 0.3, {list(LEGACY_SIGNATURES)}). "
                 f"Received: {path} without {missing}"
             )
         signatures = self.loaded.signatures
@@ -231,7 +246,11 @@ class ExportedVAE:
         self._description = description
         self._check_description(signatures)
         likelihood = description["likelihood"]["name"]
-        self.encoder = _SignatureEncoder(signatures["encode"])
+        self.noise_dim = (
+            int(signatures["posterior_sample"].structured_input_signature[1]["noise"].shape[-1])
+            if self.portable else self.latent_dim
+        )  # fmt: skip
+        self.encoder = _SignatureEncoder(signatures["encode"], self.latent_dim, self.portable)
         self.decoder = _SignatureDecoder(
             signatures["decode"], likelihood, len(self.input_event_shape)
         )
@@ -258,16 +277,56 @@ class ExportedVAE:
             )
         likelihood = description["likelihood"]["name"]
         outputs = set(signatures["decode"].structured_outputs)
-        if likelihood in _LIKELIHOODS and not set(_LIKELIHOODS[likelihood][1]) <= outputs:
+        if likelihood in LIKELIHOODS and not set(LIKELIHOODS[likelihood][1]) <= outputs:
             raise ValueError(
                 f"Expected the decode signature of a {likelihood} likelihood to return "
-                f"{list(_LIKELIHOODS[likelihood][1])}. Received outputs: {sorted(outputs)}"
+                f"{list(LIKELIHOODS[likelihood][1])}. Received outputs: {sorted(outputs)}"
             )
 
-    def _prepare(self, data):
-        from keras_vae.models.vae import VAE
-
-        return tf.cast(VAE._unpack(data), tf.float32)
+    def prepare_inputs(self, data):
+        """x as the signatures take it (float32), from any form `fit` accepts."""
+        return tf.cast(VAE.unpack_inputs(data), tf.float32)
 
     def encode(self, x):
-        return self.encoder(self._prepare(x))
+        return self.encoder(self.prepare_inputs(x))
+
+    def posterior_sample(self, x, noise):
+        """`(z, log_q)` from the `posterior_sample` signature (the contract)."""
+        out = self.loaded.signatures["posterior_sample"](x=tf.cast(x, tf.float32), noise=tf.cast(noise, tf.float32))
+        return out["z"], out["log_q"]
+
+    def joint_terms(self, x, z):
+        """`log_prob` and `log_px_given_z` from the `log_joint` signature."""
+        return self.loaded.signatures["log_joint"](x=tf.cast(x, tf.float32), z=tf.cast(z, tf.float32))
+
+    def log_joint(self, x, z):
+        """log p(x|z) + log p(z) from the `log_joint` signature (the contract)."""
+        return self.joint_terms(x, z)["log_prob"]
+
+    def importance_weights(self, x, num_samples, seed):
+        """As `keras_vae.VAE.importance_weights`, through the signatures: for
+        an export of today's signatures only `posterior_sample` and
+        `log_joint` (whatever the model's latent structure), with the noise
+        drawn here from the stateless `seed`."""
+        if not self.portable:
+            return objectives.sampled_importance_weights(self, x, num_samples, seed)
+        batch = tf.shape(x)[0]
+        noise = tf.random.stateless_normal([num_samples * batch, self.noise_dim], seed)
+        # Sample-major, as the evaluator expects: row s * B + b.
+        x_rep = tf.tile(x, tf.concat([[num_samples], tf.ones([x.shape.rank - 1], tf.int32)], 0))
+        z, log_q = self.posterior_sample(x_rep, noise)
+        joint = self.joint_terms(x_rep, z)
+        log_w = tf.reshape(joint["log_prob"] - log_q, [num_samples, batch])
+        return log_w, tf.reshape(joint["log_px_given_z"], [num_samples, batch])
+
+    def posterior_summary(self, x, seed):
+        """As `keras_vae.VAE.posterior_summary`, through the signatures (for a
+        hierarchical export: `kl` over all layers, `mean` and `sample` of
+        the top layer, which `encode` gives)."""
+        if not self.portable:
+            return objectives.posterior_summary(self, x, seed)
+        x = tf.cast(x, tf.float32)
+        noise = tf.random.stateless_normal([tf.shape(x)[0], self.noise_dim], seed)
+        kl = self.loaded.signatures["elbo"](x=x, noise=noise)["kl"]
+        top = self.loaded.signatures["encode"](x=x, noise=noise[:, : self.latent_dim])
+        return {"kl": kl, "mean": top["loc"], "sample": top["z"]}

@@ -16,7 +16,7 @@ import tensorflow_probability as tfp
 
 tfd = tfp.distributions
 
-__all__ = ["analytic_kl", "gaussian_kl", "kl_divergence", "monte_carlo_kl"]
+__all__ = ["analytic_kl", "diagonal_gaussian_kl", "gaussian_kl", "kl_divergence", "monte_carlo_kl"]
 
 
 def gaussian_kl(loc, scale):
@@ -46,6 +46,30 @@ def gaussian_kl(loc, scale):
     scale = tf.convert_to_tensor(scale, dtype=loc.dtype)
     per_dim = -2.0 * tf.math.log(scale) - 1.0 + tf.square(scale) + tf.square(loc)
     return 0.5 * tf.reduce_sum(per_dim, axis=-1)
+
+
+def diagonal_gaussian_kl(loc_q, scale_q, loc_p, scale_p):
+    """KL(N(loc_q, diag scale_q^2) || N(loc_p, diag scale_p^2)), summed over the last axis.
+
+    sum_j [log scale_p_j - log scale_q_j + (scale_q_j^2 + (loc_q_j - loc_p_j)^2)
+    / (2 scale_p_j^2) - 1/2]: `gaussian_kl` is its case loc_p = 0, scale_p = 1.
+    Written with ops every runtime has (TFP's registered formula uses
+    `expm1`, which TFLite's builtins lack): the exported signatures use it.
+
+    >>> round(float(diagonal_gaussian_kl([1.0], [1.0], [0.0], [1.0])), 6)
+    0.5
+    """
+    loc_q = tf.convert_to_tensor(loc_q)
+    if not loc_q.dtype.is_floating:
+        loc_q = tf.cast(loc_q, tf.float32)
+    scale_q, loc_p, scale_p = (tf.convert_to_tensor(t, loc_q.dtype) for t in (scale_q, loc_p, scale_p))
+    per_dim = (
+        tf.math.log(scale_p)
+        - tf.math.log(scale_q)
+        + (tf.square(scale_q) + tf.square(loc_q - loc_p)) / (2.0 * tf.square(scale_p))
+        - 0.5
+    )
+    return tf.reduce_sum(per_dim, axis=-1)
 
 
 def monte_carlo_kl(q, p, num_samples=1, seed=None, z=None):

@@ -17,10 +17,11 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402
 
-from keras_vae._grid import tile  # noqa: E402
+from keras_vae._internal.grid import tile  # noqa: E402
 
 from keras_vae import evaluation  # noqa: E402
-from keras_vae.layers._dense_stack import check_positive_int  # noqa: E402
+from keras_vae import objectives  # noqa: E402
+from keras_vae._internal.validation import check_positive_int  # noqa: E402
 
 __all__ = [
     "latent_interpolations",
@@ -355,14 +356,26 @@ def plot_interpolations(model, x_a, x_b, path, num_steps=8, spherical=False):
     return _save(fig, path)
 
 
-# The training-curve panels: history key, title, and on which side its bad
-# epochs lie (where a long run's worst 5% may fall off the axis).
-_CURVES = (
-    ("loss", "loss = -(reconstruction - beta * KL): rises while beta grows", "high"),
-    ("reconstruction", "reconstruction E_q[log p(x|z)]", None),  # falls as beta grows
-    ("kl", "KL(q(z|x) || p(z)): the rate", None),
-    ("elbo", "ELBO: the objective to watch", "low"),
-)
+# The training-curve panels: history key and on which side its bad epochs lie
+# (where a long run's worst 5% may fall off the axis); titles in `_curve_titles`.
+_CURVES = (("loss", "high"), ("reconstruction", None), ("kl", None), ("elbo", "low"))
+
+
+def _curve_titles(objective, kl_is_analytic):
+    """{panel key: title} for a run trained on `objective` ("elbo", "iwae")
+    whose KL is analytic (True), a Monte Carlo estimate (False) or unknown (None)."""
+    kl = {
+        True: "KL(q(z|x) || p(z)), analytic: the rate",
+        False: "KL(q(z|x) || p(z)): Monte Carlo estimate E_q[log q - log p]",
+        None: "KL(q(z|x) || p(z)): the rate",
+    }[kl_is_analytic]
+    return {
+        "loss": f"loss = {objectives.loss_formula(objective)}: rises while beta grows",
+        "reconstruction": "reconstruction E_q[log p(x|z)]",  # falls as beta grows
+        "kl": kl,
+        "elbo": "ELBO: the objective to watch" if objective == "elbo"
+        else "ELBO and IWAE bound (dashed): the objective to watch",
+    }
 
 
 def _curve_limits(values, worse=None):
@@ -419,30 +432,57 @@ def _epoch_ranges(epochs):
     return ", ".join(parts)
 
 
-def _training_curves_figure(history):
+def _panel_curves(history, key, objective):
+    """[(legend name, values, line style)] of one panel: training and
+    validation, and on the ELBO panel of an IWAE run the IWAE bound dashed."""
+    names = [(key, "")]
+    if key == "elbo" and objective == "iwae":
+        names.append(("iwae", " IWAE"))
+    curves = []
+    for k, suffix in names:
+        for i, (name, column) in enumerate((("train", k), ("validation", f"val_{k}"))):
+            if column in history:
+                style = {"color": f"C{i}", "linestyle": "--" if suffix else "-"}
+                curves.append((name + suffix, np.asarray(history[column], np.float64), style))
+    return curves
+
+
+def _training_curves_figure(history, objective=None, kl_is_analytic=None):
     """The figure of `plot_training_curves` (see there), not saved."""
-    keys = tuple(key for key, _, _ in _CURVES)
+    keys = tuple(key for key, _ in _CURVES)
     if not any(k in history for k in keys):
         raise ValueError(
             f"Expected a history with some of {keys}. Received keys: {sorted(history)}"
         )
+    if objective is None:
+        objective = "iwae" if "iwae" in history or "val_iwae" in history else "elbo"
+    titles = _curve_titles(objective, kl_is_analytic)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     handles = {}
-    for ax, (key, title, worse) in zip(axes.ravel(), _CURVES):
-        curves = [(name, history[k]) for name, k in (("train", key), ("validation", f"val_{key}")) if k in history]
-        length = max((len(v) for _, v in curves), default=0)
+    for ax, (key, worse) in zip(axes.ravel(), _CURVES):
+        title = titles[key]
+        curves = _panel_curves(history, key, objective)
+        length = max((len(v) for _, v, _ in curves), default=0)
         values = np.full((max(len(curves), 1), max(length, 1)), np.nan)
-        for i, (name, v) in enumerate(curves):
+        for i, (_, v, _) in enumerate(curves):
             values[i, : len(v)] = v
-            marker = "o" if length <= 30 else None
-            (handles[name],) = ax.plot(np.arange(1, len(v) + 1), v, marker=marker, markersize=3, label=name)
         limits = _curve_limits(values, worse) if curves else None
+        bottom, top = (limits[0], limits[1]) if limits is not None else (-np.inf, np.inf)
+        for name, v, style in curves:
+            # Epochs before the curve first enters the axis are not drawn: a
+            # segment from an off-scale first epoch would be a vertical spike.
+            on_axis = np.flatnonzero((v >= bottom) & (v <= top))
+            start = int(on_axis[0]) if on_axis.size else len(v)
+            epochs = np.arange(1, len(v) + 1)
+            marker = "o" if length <= 30 else None
+            (line,) = ax.plot(epochs[start:], v[start:], marker=marker, markersize=3, label=name, **style)
+            handles.setdefault(name, line)
         if limits is not None:
-            bottom, top, off_scale = limits
+            off_scale = limits[2]
             ax.set_ylim(bottom, top)
             if len(off_scale) == 1:
                 (epoch,) = off_scale
-                shown = ", ".join(f"{name} {v[epoch - 1]:.4g}" for name, v in curves if len(v) >= epoch)
+                shown = ", ".join(f"{name} {v[epoch - 1]:.4g}" for name, v, _ in curves if len(v) >= epoch)
                 title += f"\n(epoch {epoch} off scale: {shown})"
             elif off_scale:
                 title += f"\n(off scale: epochs {_epoch_ranges(off_scale)})"
@@ -469,26 +509,39 @@ def _training_curves_figure(history):
     return fig
 
 
-def plot_training_curves(history, path):
+def plot_training_curves(history, path, objective=None, kl_is_analytic=None):
     """loss, reconstruction, KL and ELBO per epoch, training and validation.
 
     Each panel is in nats per example, against the epoch (from 1); the loss
-    panel also shows beta, the KL weight (right axis). One legend above the
-    panels. The y-axes keep the later epochs legible: a first epoch off by
-    orders of magnitude (and, in runs of over 20 epochs, the worst 5% of the
-    later ones) is left off the axis, and the panel's title says which
-    epochs are off scale (see `_curve_limits`).
+    panel also shows beta, the KL weight (right axis), and says which loss
+    the objective minimizes; an IWAE run's ELBO panel also draws its IWAE
+    bound (dashed), the objective it trains. One legend above the panels.
+    The y-axes keep the later epochs legible: a first epoch off by orders
+    of magnitude (and, in runs of over 20 epochs, the worst 5% of the later
+    ones) is left off the axis, and the panel's title says which epochs are
+    off scale (see `_curve_limits`); a curve is drawn from the first epoch
+    on its axis.
 
     Args:
         history: Per-epoch lists (`keras_vae.training.read_history`), with
-            some of `loss`, `reconstruction`, `kl`, `elbo`, their `val_`
-            versions and `beta`.
+            some of `loss`, `reconstruction`, `kl`, `elbo`, `iwae`, their
+            `val_` versions and `beta`.
         path: The PNG file to write.
+        objective: "elbo" or "iwae" (`VAE.objective`); default: "iwae" if
+            the history has an `iwae` column, else "elbo".
+        kl_is_analytic: `VAE.kl_is_analytic`: the KL panel says "analytic"
+            or "Monte Carlo estimate" (learned priors); None: says neither.
 
     Returns:
         `path`.
+
+    Example:
+
+    >>> plot_training_curves({"loss": [150.0, 120.0], "elbo": [-150.0, -120.0]},
+    ...                      "/tmp/curves.png")  # doctest: +SKIP
+    '/tmp/curves.png'
     """
-    return _save(_training_curves_figure(history), path)
+    return _save(_training_curves_figure(history, objective, kl_is_analytic), path)
 
 
 def plot_all(model, history, images, output_dir, labels=None, seed=0):
@@ -523,7 +576,14 @@ def plot_all(model, history, images, output_dir, labels=None, seed=0):
     if model.latent_dim == 2:
         written.append(plot_manifold(model, os.path.join(output_dir, "manifold.png")))
     if history:
-        written.append(plot_training_curves(history, os.path.join(output_dir, "training_curves.png")))
+        written.append(
+            plot_training_curves(
+                history,
+                os.path.join(output_dir, "training_curves.png"),
+                objective=getattr(model, "objective", None),
+                kl_is_analytic=getattr(model, "kl_is_analytic", None),
+            )
+        )
     return written
 
 

@@ -26,7 +26,8 @@ import os
 
 from keras_vae import evaluation
 from keras_vae import training
-from keras_vae._files import read_json
+from keras_vae._internal.files import read_json
+from keras_vae._internal.version import VERSION
 
 __all__ = ["CAPTIONS", "REPORT_NAME", "write_plots", "write_report"]
 
@@ -38,8 +39,9 @@ CAPTIONS = {
     "training_curves.png": (
         "Training curves: loss, reconstruction E_q[log p(x|z)], KL(q(z|x) || p(z)) and "
         "ELBO per epoch, training and validation, in nats per example; beta (the KL "
-        "weight) on the loss panel's right axis. The loss rises while the KL warm-up "
-        "raises beta: judge the run by the ELBO. Epochs far off the scale of the "
+        "weight) on the loss panel's right axis, and for an IWAE run its IWAE bound "
+        "(dashed) beside the ELBO. The loss rises while the KL warm-up "
+        "raises beta: judge the run by the ELBO (or the IWAE bound). Epochs far off the scale of the "
         "later ones are left off the axes; the panel titles say which."
     ),
     "reconstructions.png": (
@@ -146,7 +148,10 @@ def _training_section(config, status, history, results, files):
     rows.append(("export (TF Serving)", (results or {}).get("export") or "none"))
     rows.append(("TensorBoard", f"tensorboard --logdir {files['tensorboard']}"))
     parts = ["<h2>Training</h2>", _table(rows)]
-    summary = training.summarize(history, (config or {}).get("beta", 1.0)) if history else ""
+    config = config or {}
+    summary = (
+        training.summarize(history, config.get("beta", 1.0), config.get("objective", "elbo")) if history else ""
+    )
     parts.extend(_paragraph(line) for line in summary.splitlines())
     return parts
 
@@ -247,15 +252,13 @@ def write_report(run_dir, path=None, include_plots=True):
     status = training.read_status(run_dir)
     history = training.read_history(files["history"])
     results = read_json(files["evaluation"])
-    from keras_vae import __version__
-
     name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
     written = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     config_rows = [(key, json.dumps(value)) for key, value in config.items()]
     body = [
         f"<h1>Training run {html.escape(name)}</h1>",
         _paragraph(
-            f"Written {written} by keras_vae {__version__} from the files in "
+            f"Written {written} by keras_vae {VERSION} from the files in "
             f"{os.path.abspath(run_dir)}.",
             note=True,
         ),

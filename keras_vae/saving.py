@@ -6,33 +6,39 @@ import zipfile
 
 import keras
 
+# The modules whose classes a .keras file may name: importing them registers
+# the classes with Keras.
+from keras_vae import backup  # noqa: F401
+from keras_vae import callbacks  # noqa: F401
+from keras_vae import layers  # noqa: F401
+from keras_vae import models  # noqa: F401
+from keras_vae import optimizers  # noqa: F401
+
 __all__ = ["ModelFileError", "check_version", "load_model"]
 
 
-class ModelFileError(ValueError):
-    """A `.keras` file cannot be loaded: missing, damaged or incompatible."""
+# Defined with the version they check (the model's config checks it too).
+from keras_vae._internal.version import ModelFileError  # noqa: E402
+from keras_vae._internal.version import check_version  # noqa: E402
 
 
-def _version_tuple(version):
-    return tuple(int(p) for p in str(version).split(".")[:2] if p.isdigit())
-
-
-def check_version(saved_version, what="This model"):
-    """Raises ModelFileError if `saved_version` is newer than this package.
-
-    Files written by an older or equal keras_vae load; a file from a newer
-    minor or major version may use options this version does not know.
-    """
-    from keras_vae import __version__
-
-    if saved_version is None:
-        return
-    if _version_tuple(saved_version) > _version_tuple(__version__):
-        raise ModelFileError(
-            f"{what} was saved by keras_vae {saved_version}; this is keras_vae "
-            f"{__version__}, which cannot read it. Upgrade keras_vae "
-            f"(pip install -U keras_vae) to load it."
+def _directory_message(path):
+    """What `load_model` says of a directory: what it is, how to load it."""
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return (
+            f"Expected a .keras model file. Received: {path}, a SavedModel export "
+            "(a version directory with saved_model.pb), which keras.models.load_model "
+            f"cannot read. Load it with keras_vae.exported.ExportedVAE({path!r}) (what "
+            "tools/evaluate.py evaluates), or use one signature in a Keras model with "
+            f"keras.layers.TFSMLayer({path!r}, call_endpoint='encode')."
         )
+    if os.path.exists(os.path.join(path, "config.json")):
+        return (
+            f"Expected a .keras model file. Received: {path}, a directory (a training "
+            "run?). Load a run's best model (or its newest backup) with "
+            f"keras_vae.training.load_model_or_run({path!r}), or pass its best.keras."
+        )
+    return f"Expected a .keras model file. Received: {path}, a directory"
 
 
 def load_model(path, **kwargs):
@@ -42,15 +48,19 @@ def load_model(path, **kwargs):
     deserialization). Raises `ModelFileError` naming the file when it does
     not exist, is not a `.keras` archive (truncated, corrupted, or another
     format), was saved by a newer keras_vae, or does not match its config.
+    For a directory it says what it is and how to load it: an export (a
+    SavedModel version directory) through `keras_vae.exported.ExportedVAE`
+    or `keras.layers.TFSMLayer`, a training run directory through
+    `keras_vae.training.load_model_or_run`.
 
     Example:
 
     >>> from keras_vae.saving import load_model
     >>> # vae = load_model("runs/binarized_mnist_vae/best.keras")
     """
-    import keras_vae  # noqa: F401  (registers the package's classes)
-
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ModelFileError(_directory_message(path))
     if not os.path.isfile(path):
         raise ModelFileError(f"Expected a .keras model file. Received: {path} (not found)")
     if not path.endswith(".keras"):

@@ -32,7 +32,7 @@ Example (with a server running):
 >>> out = rest_predict("localhost", 8501, "binarized_mnist_vae", "encode", {"x": x})  # doctest: +SKIP
 >>> sorted(out), out["loc"].shape  # doctest: +SKIP
 (['loc', 'scale', 'z'], (2, 32))
->>> out = grpc_predict("localhost:8500", "binarized_mnist_vae", "sample", {"num": 4})  # doctest: +SKIP
+>>> out = grpc_predict("localhost:8500", "binarized_mnist_vae", "sample", {"noise": noise})  # doctest: +SKIP
 >>> out["mean"].shape  # doctest: +SKIP
 (4, 28, 28, 1)
 """
@@ -44,8 +44,12 @@ import urllib.request
 
 import numpy as np
 
+from keras_vae._internal.choices import SIGNATURES
+from keras_vae._internal.validation import is_int
+
 __all__ = [
     "KERAS_VAE_INPUT_DTYPES",
+    "SIGNATURES",
     "SINGLE_OUTPUT_NAMES",
     "ServingError",
     "grpc_metadata",
@@ -65,11 +69,12 @@ SINGLE_OUTPUT_NAMES = {
     "serving_default": "mean",
     "sample": "mean",
     "prior_log_prob": "log_prob",
+    "log_likelihood": "log_likelihood",
 }
 
 # The dtypes the keras_vae signatures take, by input name: what the gRPC
 # helpers cast arrays to by default (REST converts JSON numbers server side).
-KERAS_VAE_INPUT_DTYPES = {"x": "float32", "z": "float32", "num": "int32"}
+KERAS_VAE_INPUT_DTYPES = {"x": "float32", "z": "float32", "noise": "float32", "uniform": "float32", "num": "int32"}
 
 
 class ServingError(RuntimeError):
@@ -130,7 +135,7 @@ def rest_url(host, port, model_name, version=None, verb="predict"):
 
 
 def _check_version(version):
-    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version <= 0:
+    if not is_int(version) or version <= 0:
         raise ValueError(
             f"Expected `version` to be None or a positive integer. Received: version={version!r}"
         )
@@ -365,7 +370,7 @@ def grpc_predict_request(
 
     Example:
 
-    >>> request = grpc_predict_request("binarized_mnist_vae", "sample", {"num": 4}, version=1)
+    >>> request = grpc_predict_request("binarized_mnist_vae", "sample", {"noise": noise}, version=1)
     >>> request.model_spec.name, request.model_spec.signature_name, request.model_spec.version.value
     ('binarized_mnist_vae', 'sample', 1)
     """

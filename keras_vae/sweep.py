@@ -265,8 +265,8 @@ def run_sweep(
     from keras_vae import evaluation
     from keras_vae import plotting
     from keras_vae import training
-    from keras_vae._files import read_json
-    from keras_vae.layers._dense_stack import check_positive_int
+    from keras_vae._internal.files import read_json
+    from keras_vae._internal.validation import check_positive_int
 
     betas = parse_betas(betas)
     check_positive_int("eval_samples", eval_samples)

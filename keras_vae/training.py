@@ -8,23 +8,34 @@ are separate package functions (`keras_vae.evaluation`, `keras_vae.plotting`,
 `keras_vae.export`) that `tools/train.py` wires together.
 """
 
+import csv
 import dataclasses
 import functools
 import json
 import os
 import shutil
+import tempfile
 import time
 import warnings
 
 import keras
+import tensorflow as tf
 
-from keras_vae import _precision
 from keras_vae import architectures
 from keras_vae import config as config_lib
 from keras_vae import data as data_lib
+from keras_vae import distribute
+from keras_vae import objectives
 from keras_vae import saving
+from keras_vae._internal import precision
+from keras_vae._internal.files import read_json
+from keras_vae._internal.files import write_json
+from keras_vae.backup import TrainingBackup
 from keras_vae.callbacks import KLWarmup
+from keras_vae.callbacks import StopOnNonFiniteLoss
+from keras_vae.callbacks import TensorBoardImages
 from keras_vae.models import InputError
+from keras_vae.models import HierarchicalVAE
 from keras_vae.models.vae import VAE
 from keras_vae.optimizers import make_optimizer
 
@@ -32,6 +43,9 @@ from keras_vae.optimizers import make_optimizer
 # `tools/train.py --help` needs no TensorFlow); these names stay importable here.
 ARCHITECTURES = config_lib.ARCHITECTURES
 TrainConfig = config_lib.TrainConfig
+
+# Runs a loaded model in another precision (tools/evaluate.py --dtype-policy).
+set_model_dtype_policy = precision.set_model_dtype_policy
 
 __all__ = [
     "ARCHITECTURES",
@@ -41,8 +55,10 @@ __all__ = [
     "held_out_images",
     "load_model_or_run",
     "paths",
+    "read_evaluation",
     "read_history",
     "read_status",
+    "set_model_dtype_policy",
     "summarize",
     "train",
 ]
@@ -54,30 +70,39 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
     "mlp": ReLU hidden layers; "gated": linear gated layers (`GatedDense`, as
     in the VampPrior paper); "conv": strided Conv2D / Conv2DTranspose
     networks whose filters are `hidden_units` (see `keras_vae.architectures`).
-    The decoder mirrors the encoder.
+    The decoder mirrors the encoder. `latent_layers` >= 2 gives a
+    `keras_vae.HierarchicalVAE` (`keras_vae.architectures.make_hierarchy`).
 
     Every layer is made under `config.dtype_policy` (and saved with it):
     with "mixed_bfloat16" the networks compute in bfloat16 with float32
     weights, and the distributions, ELBO and loss are float32 (see
-    `keras_vae._precision`); the global Keras policy is left as it was.
+    `keras_vae._internal.precision`); the global Keras policy is left as it was.
     bfloat16 on a CPU without native bfloat16 products (AVX512_BF16, AMX)
     and no GPU warns: it works, but likely slower than float32.
     """
     event_shape = tuple(input_shape[1:])
-    _precision.check_bfloat16_support(config.dtype_policy)
-    with _precision.dtype_policy_scope(config.dtype_policy):
+    precision.check_bfloat16_support(config.dtype_policy)
+    with precision.dtype_policy_scope(config.dtype_policy):
+        common = {
+            "prior": architectures.make_prior(
+                config.prior, config.latent_dim, config.prior_components, seed=config.seed
+            ),
+            "beta": config.beta,
+            "seed": config.seed,
+            "objective": config.objective,
+            "num_samples": config.num_samples,
+            "input_shape": input_shape,
+        }
+        if config.latent_layers > 1:
+            layers = architectures.make_hierarchy(
+                config.architecture, config.latent_dim, config.latent_layers, config.hidden_units, event_shape
+            )
+            return HierarchicalVAE(*layers, name="hvae", **common)
         return VAE(
             architectures.make_encoder(config.architecture, config.latent_dim, config.hidden_units, event_shape),
             architectures.make_decoder(config.architecture, config.hidden_units, event_shape),
-            prior=architectures.make_prior(
-                config.prior, config.latent_dim, config.prior_components, seed=config.seed
-            ),
-            beta=config.beta,
-            seed=config.seed,
-            objective=config.objective,
-            num_samples=config.num_samples,
-            input_shape=input_shape,
             name="vae",
+            **common,
         )
 
 
@@ -98,6 +123,13 @@ def paths(output_dir):
 
 class DataError(ValueError):
     """A training batch was refused (NaN, values outside the likelihood's range)."""
+
+
+def read_evaluation(output_dir):
+    """The evaluation record (`evaluation.json`) of the run in `output_dir`,
+    or None when it is missing or unreadable. Its `step` says which training
+    step it measured (compare with `read_status(output_dir)["step"]`)."""
+    return read_json(paths(output_dir)["evaluation"])
 
 
 def read_status(output_dir):
@@ -146,8 +178,6 @@ class _StatusWriter(keras.callbacks.Callback):
         self.save(int(self.model.optimizer.iterations.numpy()))
 
     def save(self, step, stopped_early=None):
-        from keras_vae.backup import _write_json
-
         seconds = round(time.time() - self.start_time, 1)
         session = {"first_step": self.first_step, "last_step": step, "seconds": seconds}
         status = {
@@ -157,7 +187,7 @@ class _StatusWriter(keras.callbacks.Callback):
             "stopped_early": stopped_early,
         }
         if self.write:
-            _write_json(self.path, status)
+            write_json(self.path, status)
         return status
 
 
@@ -187,6 +217,41 @@ def _nothing_to_train(config, step, steps_per_epoch, status):
             "--patience 0); to start over, add --fresh."
         )
     return None
+
+
+def _format_value(value):
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)  # as the option takes it
+    return str(value)
+
+
+def _check_same_model(config, previous_config_path):
+    """Raises ValueError if the run's `config.json` builds another model.
+
+    A run continues from its backup only into the model it was trained
+    with: the fields of `config_lib.STRUCTURE_FIELDS` must match (see
+    `config_lib.structure_differences`); the others may change. Without a
+    readable `config.json` nothing is checked (restoring the backup then
+    says whether it fits).
+    """
+    try:
+        with open(previous_config_path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        return
+    if not isinstance(previous, dict):
+        return
+    differences = config_lib.structure_differences(previous, config)
+    if not differences:
+        return
+    trained = ", ".join(f"{name}={_format_value(old)}" for name, old, _ in differences)
+    received = ", ".join(f"{name}={_format_value(new)}" for name, _, new in differences)
+    raise ValueError(
+        f"The run in {config.output_dir} was trained with {trained}; received "
+        f"{received}: its backup does not fit the model these settings build. "
+        "Use --fresh to start this run over (fresh=True), or another --name "
+        "(output_dir) for a new run; or continue it with its own settings."
+    )
 
 
 def _resolve_warmup(config, previous_config_path):
@@ -249,8 +314,6 @@ def _tensorboard_images(config, log_dir):
     validation split (of the training split when there is none), with their
     labels when the dataset has labels.
     """
-    from keras_vae.callbacks import TensorBoardImages
-
     images, labels = held_out_images(config, _TENSORBOARD_EXAMPLES)
     return TensorBoardImages(
         log_dir,
@@ -311,17 +374,11 @@ def train(config, fresh=False, strategy=None):
         one when there is no validation split) and a dict of per-epoch lists
         read from `history.csv` (complete across resumed runs).
     """
-    import tensorflow as tf
-
-    from keras_vae import distribute
-    from keras_vae.callbacks import StopOnNonFiniteLoss
-    from keras_vae.backup import TrainingBackup
-    from keras_vae.distribute import is_chief
 
     start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
     distribute.check_steps_per_execution(strategy, config.steps_per_execution)
-    chief = is_chief(strategy)
+    chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(config.seed)
     files = paths(config.output_dir)
     if fresh and chief:
@@ -374,6 +431,8 @@ def train(config, fresh=False, strategy=None):
         # Every worker must find the same backup, before any of them restores.
         latest = backup.latest() if restore else None
         distribute.check_workers_agree(strategy, latest["step"] if latest else 0, files["backup"])
+        if latest is not None:
+            _check_same_model(config, files["config"])
         state = backup.restore(model) if restore else None
     step = state["step"] if state else 0
     status = read_status(config.output_dir) if state is not None else None
@@ -403,8 +462,6 @@ def train(config, fresh=False, strategy=None):
     # checkpoints and logs to a scratch directory that is deleted after.
     side = files
     if not chief:
-        import tempfile
-
         side = paths(tempfile.mkdtemp(prefix="keras_vae-worker-"))
     monitor = "val_elbo" if val_ds is not None else "elbo"
     best_checkpoint = keras.callbacks.ModelCheckpoint(
@@ -489,8 +546,6 @@ def train(config, fresh=False, strategy=None):
 
 def read_history(path):
     """Per-epoch metrics from a CSVLogger file, as a dict of lists."""
-    import csv
-
     if not os.path.exists(path):
         return {}
     rows = {}
@@ -498,23 +553,40 @@ def read_history(path):
         for row in csv.DictReader(f):
             # An epoch re-run after a resume appears twice: keep its last row.
             rows[int(row["epoch"])] = row
-    history = {}
+    # A run resumed with other settings (an IWAE objective, no validation
+    # split) has epochs with other columns: one list per column over all
+    # epochs, NaN where an epoch lacks it.
+    columns = []
+    for row in rows.values():
+        columns += [key for key in row if key is not None and key not in columns]
+    history = {key: [] for key in columns}
     for epoch in sorted(rows):
-        for key, value in rows[epoch].items():
-            history.setdefault(key, []).append(float(value))
+        for key in columns:
+            history[key].append(_number(rows[epoch].get(key)))
     return history
 
 
-def summarize(history, beta=1.0):
+def _number(text):
+    """A CSV cell as a float: NaN for an empty or non-numeric one ("NA")."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def summarize(history, beta=1.0, objective="elbo"):
     """A few lines on a run's history: the KL weight reached and the best ELBO.
 
-    The loss, `-(reconstruction - beta * KL)`, rises while the KL warm-up
-    raises beta: it is not the quantity to judge a run by. The ELBO (`elbo`,
-    `val_elbo`) is the objective, the same at every beta.
+    The loss (`keras_vae.objectives.loss_formula`: `-(reconstruction - beta
+    * KL)`, or the negative IWAE bound) rises while the KL warm-up raises
+    beta: it is not the quantity to judge a run by. The ELBO (`elbo`,
+    `val_elbo`) is the objective, the same at every beta; an IWAE run also
+    has its bound (`iwae`, `val_iwae`).
 
     Args:
         history: Per-epoch lists, as `read_history` gives them.
         beta: The run's final KL weight (`TrainConfig.beta`).
+        objective: The run's objective (`TrainConfig.objective`).
 
     Returns:
         A string of lines (epochs counted from 1, as Keras prints them).
@@ -527,6 +599,7 @@ def summarize(history, beta=1.0):
     """
     lines = []
     betas = history.get("beta", [])
+    watch = "the ELBO (elbo, val_elbo)" if objective == "elbo" else "the ELBO and IWAE bound (elbo, iwae, val_*)"
     if betas:
         full = next((i for i, b in enumerate(betas) if b >= beta - 1e-6), None)
         if full is None:
@@ -537,15 +610,21 @@ def summarize(history, beta=1.0):
         elif full > 0:
             lines.append(
                 f"KL warm-up: beta went from {betas[0]:g} to {beta:g} and is {beta:g} "
-                f"from epoch {full + 1} of {len(betas)} on. The loss, -(reconstruction - "
-                "beta * KL), rises while beta grows: watch the ELBO (elbo, val_elbo), "
-                "the objective."
+                f"from epoch {full + 1} of {len(betas)} on. The loss, "
+                f"{objectives.loss_formula(objective)}, rises while beta grows: watch "
+                f"{watch}, the objective."
             )
     key = "val_elbo" if history.get("val_elbo") else "elbo"
     values = history.get(key)
     if values:
         best = max(range(len(values)), key=values.__getitem__)
         which = "validation ELBO" if key == "val_elbo" else "training ELBO"
+        lines.append(f"Best {which}: {values[best]:.2f} nats (epoch {best + 1} of {len(values)}).")
+    key = "val_iwae" if history.get("val_iwae") else "iwae"
+    values = history.get(key)
+    if objective == "iwae" and values:
+        best = max(range(len(values)), key=values.__getitem__)
+        which = "validation IWAE bound" if key == "val_iwae" else "training IWAE bound"
         lines.append(f"Best {which}: {values[best]:.2f} nats (epoch {best + 1} of {len(values)}).")
     return "\n".join(lines)
 
@@ -574,12 +653,14 @@ def load_model_or_run(path):
     when there is none yet, a model rebuilt from `config.json` with the
     weights of its newest training backup.
     """
-    from keras_vae.backup import TrainingBackup
 
     if os.path.isfile(path):
         return saving.load_model(path)
     if not os.path.isdir(path):
         raise ValueError(f"Expected a .keras file or a run directory. Received: {path} (not found)")
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        # An export: saving's message says how to load one.
+        return saving.load_model(path)
     files = paths(path)
     if os.path.exists(files["best"]):
         return saving.load_model(files["best"])

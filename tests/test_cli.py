@@ -161,7 +161,7 @@ def test_train_resumes_an_interrupted_run_from_its_last_epoch(mock_tfds, tmp_pat
     train = _tool("train")
     with mock_tfds(num_examples=TAKE, max_value=2):
         with monkeypatch.context() as patch:
-            patch.setattr(keras_vae.callbacks, "StopOnNonFiniteLoss", _Interrupt)
+            patch.setattr(keras_vae.training, "StopOnNonFiniteLoss", _Interrupt)
             with pytest.raises(RuntimeError, match="interrupted"):
                 train.main(argv)
         assert (output_dir / "backup").is_dir()
@@ -408,6 +408,22 @@ def test_summary_says_to_watch_the_elbo_during_warmup():
     assert "Best training ELBO: -140.00 nats (epoch 2 of 2)" in never
 
 
+def test_summary_of_an_iwae_run_names_its_loss_and_its_best_bound():
+    from keras_vae import training
+
+    history = {
+        "beta": [0.0, 1.0, 1.0],
+        "loss": [229.0, 232.0, 228.0],
+        "val_elbo": [-240.0, -236.0, -234.0],
+        "val_iwae": [-229.0, -231.0, -228.5],
+    }
+    summary = training.summarize(history, 1.0, "iwae")
+    assert "The loss, -(IWAE bound with beta on log q - log p), rises" in summary
+    assert "reconstruction - beta * KL" not in summary
+    assert "Best validation IWAE bound: -228.50 nats (epoch 3 of 3)" in summary
+    assert "Best validation IWAE" not in training.summarize(history, 1.0, "elbo")
+
+
 # ------------------------------------------------------------ evaluation files
 
 
@@ -554,14 +570,15 @@ def test_train_options_are_the_train_config_fields_with_their_defaults(capsys):
     assert train.parse_args(["--hidden-units", "16,8", "--name", "x"]).hidden_units == (16, 8)
     assert train.parse_args(["--name", "x"]).output_dir == os.path.join("runs", "x")
     for bad, message in (
-        (["--epochs", "0"], "Expected `epochs` to be a positive integer. Received: epochs=0"),
+        (["--epochs", "0"], "Expected --epochs to be a positive integer. Received: --epochs=0"),
         (["--hidden-units", "16,a"], "Expected comma-separated positive integers"),
-        (["--warmup-epochs", "-1"], "Expected `warmup_epochs` to be an integer >= 0"),
+        (["--warmup-epochs", "-1"], "Expected --warmup-epochs to be an integer >= 0"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             train.parse_args(bad)
-        assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
+        assert exit_info.value.code == 1  # the tools' error rule (tests/test_cli_errors.py)
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
 def _run_cli(name, argv):
@@ -574,7 +591,8 @@ def _run_cli(name, argv):
 def test_cli_errors_are_one_line_messages_with_exit_status_1(mock_tfds, tmp_path, capsys):
     missing = str(tmp_path / "missing.keras")
     cases = {
-        "evaluate": ([missing], f"error: Expected a .keras file or a run directory. Received: {missing} (not found)"),
+        "evaluate": ([missing], "error: Expected a .keras file, a run directory (runs/<name>) or an export version "
+                     f"directory (saved_models/<name>/<version>). Received: {missing} (not found)"),
         "export": ([missing, "--base-dir", str(tmp_path / "saved")], f"error: Expected a .keras file or a run directory. Received: {missing} (not found)"),
         # Nothing listens on port 1: a ServingError (a RuntimeError of keras_vae).
         "serving_client": (["--rest", "localhost:1", "--signature", "encode", "--event-shape", "2,2,1"], "error: "),
@@ -633,7 +651,10 @@ def test_a_cli_error_in_a_fresh_process_prints_one_line_and_debug_the_traceback(
     _, debug_err = debug.communicate(timeout=300)
     assert plain.returncode == 1 and debug.returncode == 1
     assert "Traceback" not in plain_err
-    assert plain_err.strip().splitlines()[-1] == f"error: Expected a .keras file or a run directory. Received: {tmp_path / 'missing'} (not found)"
+    assert plain_err.strip().splitlines()[-1] == (
+        "error: Expected a .keras file, a run directory (runs/<name>) or an export version "
+        f"directory (saved_models/<name>/<version>). Received: {tmp_path / 'missing'} (not found)"
+    )
     assert "Traceback (most recent call last)" in debug_err and "ValueError: Expected a .keras file" in debug_err
 
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 import keras_vae
 import keras_vae.training
 from keras_vae import distribute
-from keras_vae._random import stateless_seed
+from keras_vae._internal.seeds import stateless_seed
 
 from conftest import float32_atol
 from conftest import shared_data_dir
@@ -217,7 +217,7 @@ import tensorflow as tf
 import keras_vae
 from keras_vae.callbacks import TrainingBackup
 from keras_vae.layers import BernoulliDecoder, GaussianEncoder
-from keras_vae._random import stateless_seed
+from keras_vae._internal.seeds import stateless_seed
 
 
 def make():

@@ -62,6 +62,9 @@ OUTPUTS = {
     "prior_log_prob": {"log_prob"},
     "elbo": {"elbo", "reconstruction", "kl"},
     "sample": {"mean"},
+    "posterior_sample": {"z", "log_q"},
+    "log_joint": {"log_prob", "log_px_given_z"},
+    "log_likelihood": {"log_likelihood"},
     "serving_default": {"mean"},
 }
 
@@ -315,8 +318,8 @@ def _call(case, loader, signature, **inputs):
         function = case.loaded.signatures[signature]
         outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
     elif loader == "tfsm":
-        (value,) = inputs.values()
-        outputs = _tfsm_layer(case, signature)(tf.constant(value))
+        (first, value), *rest = inputs.items()
+        outputs = _tfsm_layer(case, signature)(tf.constant(value), **{k: tf.constant(v) for k, v in rest})
     else:
         raise KeyError(loader)
     return {k: np.asarray(v) for k, v in outputs.items()}
@@ -429,14 +432,20 @@ def test_signature_defs_as_tf_serving_sees_them(case):
     event = list(case.event)
     x_shape = [-1] + event
     z_shape = [-1, LATENT]
+    x = (tf.float32, x_shape)
+    noise = (tf.float32, z_shape)  # one latent layer: D = L
     decode_outputs = {"mean", "logits"} if case.name != "gaussian" else {"mean", "loc", "scale"}
     expected = {
-        "encode": ({"x": (tf.float32, x_shape)}, {"loc": z_shape, "scale": z_shape, "z": z_shape}),
-        "decode": ({"z": (tf.float32, z_shape)}, {name: x_shape for name in decode_outputs}),
-        "prior_log_prob": ({"z": (tf.float32, z_shape)}, {"log_prob": [-1]}),
-        "elbo": ({"x": (tf.float32, x_shape)}, {"elbo": [-1], "reconstruction": [-1], "kl": [-1]}),
-        "sample": ({"num": (tf.int32, [])}, {"mean": x_shape}),
-        "serving_default": ({"x": (tf.float32, x_shape)}, {"mean": x_shape}),
+        "embed": ({"x": x}, {"loc": z_shape, "scale": z_shape}),
+        "encode": ({"x": x, "noise": noise}, {"loc": z_shape, "scale": z_shape, "z": z_shape}),
+        "decode": ({"z": noise}, {name: x_shape for name in decode_outputs}),
+        "prior_log_prob": ({"z": noise}, {"log_prob": [-1]}),
+        "elbo": ({"x": x, "noise": noise}, {"elbo": [-1], "reconstruction": [-1], "kl": [-1]}),
+        "sample": ({"noise": noise}, {"mean": x_shape}),
+        "posterior_sample": ({"x": x, "noise": noise}, {"z": z_shape, "log_q": [-1]}),
+        "log_joint": ({"x": x, "z": noise}, {"log_prob": [-1], "log_px_given_z": [-1]}),
+        "log_likelihood": ({"x": x, "noise": (tf.float32, [-1, -1, LATENT])}, {"log_likelihood": [-1]}),
+        "serving_default": ({"x": x}, {"mean": x_shape}),
     }
     for name, (inputs, outputs) in expected.items():
         sig = signatures[name]
@@ -455,14 +464,27 @@ def test_signature_defs_as_tf_serving_sees_them(case):
             assert [d.size for d in info.tensor_shape.dim] == shape, (name, key)
 
 
+def test_no_signature_holds_a_random_op_a_variable_update_or_an_assert(case):
+    """What TFLite, ONNX Runtime and TF.js could not run in the old exports."""
+    ops = set()
+    for name in export.SIGNATURES:
+        # A signature's graph and every function it calls.
+        graph_def = case.loaded.signatures[name].graph.as_graph_def()
+        ops |= {node.op for node in graph_def.node}
+        ops |= {node.op for function in graph_def.library.function for node in function.node_def}
+    unportable = {"Assert", "EnsureShape", "AssignVariableOp", "MulNoNan", "BroadcastArgs"}
+    found = {op for op in ops if "Random" in op or "Multinomial" in op or op in unportable}
+    assert not found, found
+
+
 def test_tf_saved_model_load_sees_the_same_signatures(case):
     signatures = case.loaded.signatures
     assert set(export.SIGNATURES) <= set(signatures)
     x_spec = signatures["encode"].structured_input_signature[1]["x"]
     assert x_spec.shape.as_list() == [None, *case.event]
     assert x_spec.dtype == tf.float32
-    num_spec = signatures["sample"].structured_input_signature[1]["num"]
-    assert num_spec.shape.rank == 0 and num_spec.dtype == tf.int32
+    noise_spec = signatures["sample"].structured_input_signature[1]["noise"]
+    assert noise_spec.shape.as_list() == [None, LATENT] and noise_spec.dtype == tf.float32
 
 
 # ------------------------------------------------ numbers, three loaders
@@ -471,10 +493,15 @@ def test_tf_saved_model_load_sees_the_same_signatures(case):
 @pytest.mark.parametrize("loader", LOADERS)
 def test_deterministic_outputs_equal_the_keras_model(case, loader):
     expected = case.expected
-    encode = _call(case, loader, "encode", x=case.x)
+    zeros = np.zeros((case.x.shape[0], LATENT), "float32")
+    encode = _call(case, loader, "encode", x=case.x, noise=zeros)
     assert set(encode) == OUTPUTS["encode"]
     np.testing.assert_allclose(encode["loc"], expected["encode"]["loc"], **TOL)
     np.testing.assert_allclose(encode["scale"], expected["encode"]["scale"], **TOL)
+    np.testing.assert_array_equal(encode["z"], encode["loc"])  # zero noise: z = loc
+    embed = _call(case, loader, "embed", x=case.x)
+    for key in ("loc", "scale"):
+        np.testing.assert_array_equal(embed[key], encode[key], err_msg=key)
 
     decode = _call(case, loader, "decode", z=case.z)
     assert set(decode) == set(expected["decode"])
@@ -495,20 +522,20 @@ def test_deterministic_outputs_equal_the_keras_model(case, loader):
 
 
 @pytest.mark.parametrize("loader", LOADERS)
-def test_sampled_outputs_are_sane(case, loader):
+def test_noise_driven_outputs_are_functions_of_their_inputs(case, loader):
     batch = case.x_repeated.shape[0]
-    # encode: z ~ N(loc, scale), fresh noise on every call.
-    first = _call(case, loader, "encode", x=case.x_repeated)
-    second = _call(case, loader, "encode", x=case.x_repeated)
-    assert first["z"].shape == (batch, LATENT)
-    assert np.all(np.isfinite(first["z"]))
-    assert not np.array_equal(first["z"], second["z"]), "the export's sampler does not advance"
-    noise = (first["z"] - first["loc"]) / first["scale"]
-    assert abs(noise.mean()) < 0.2 and 0.85 < noise.std() < 1.15, (noise.mean(), noise.std())
+    rng = np.random.default_rng(40)
+    noise = rng.standard_normal((batch, LATENT)).astype("float32")
+    # encode: z = loc + scale * noise, and the same inputs give the same outputs.
+    first = _call(case, loader, "encode", x=case.x_repeated, noise=noise)
+    second = _call(case, loader, "encode", x=case.x_repeated, noise=noise)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+    np.testing.assert_allclose(first["z"], first["loc"] + first["scale"] * noise, **TOL)
 
     # elbo: elbo = reconstruction - kl, the analytic kl exactly, and a
     # reconstruction term with the Keras model's expectation.
-    elbo = _call(case, loader, "elbo", x=case.x_repeated)
+    elbo = _call(case, loader, "elbo", x=case.x_repeated, noise=noise)
     assert set(elbo) == OUTPUTS["elbo"]
     for key in OUTPUTS["elbo"]:
         assert elbo[key].shape == (batch,)
@@ -519,14 +546,16 @@ def test_sampled_outputs_are_sane(case, loader):
     served = elbo["reconstruction"].reshape(3, REPEATS)
     ok, mine, reference, bound = _close_estimates(served, case.reference_reconstruction, axis=1)
     assert ok.all(), (mine, reference, bound)
+    # ... and its reconstruction is log p(x|z) at encode's z.
+    decoded = case.model.decode(first["z"]).log_prob(case.x_repeated).numpy()
+    np.testing.assert_allclose(elbo["reconstruction"], decoded, rtol=0, atol=float32_atol(decoded))
 
-    # sample: images from p(x|z), z ~ p(z), with the Keras model's expectation.
-    sample = _call(case, loader, "sample", num=np.int32(NUM_SAMPLES))
+    # sample: the decoder's mean at z = noise (the standard normal prior).
+    sample_noise = rng.standard_normal((NUM_SAMPLES, LATENT)).astype("float32")
+    sample = _call(case, loader, "sample", noise=sample_noise)
     assert set(sample) == {"mean"}
     assert sample["mean"].shape == (NUM_SAMPLES, *case.event)
-    assert np.all(np.isfinite(sample["mean"]))
-    if case.name != "gaussian":
-        assert sample["mean"].min() >= 0 and sample["mean"].max() <= 1
+    np.testing.assert_allclose(sample["mean"], case.model.decode(sample_noise).mean().numpy(), **TOL)
     axes = tuple(range(1, 1 + len(case.event)))
     ok, mine, reference, bound = _close_estimates(
         sample["mean"].mean(axis=axes), case.reference_sample.mean(axis=axes)
@@ -535,7 +564,7 @@ def test_sampled_outputs_are_sane(case, loader):
 
 
 def test_sample_of_zero_images(case):
-    out = case.graph.run("sample", num=np.int32(0))
+    out = case.graph.run("sample", noise=np.zeros((0, LATENT), "float32"))
     assert out["mean"].shape == (0, *case.event)
 
 
@@ -543,60 +572,80 @@ def test_sample_of_zero_images(case):
 
 
 def _bad_shape(case):
-    if len(case.event) > 1:
-        return case.x.reshape(case.x.shape[0], -1)  # e.g. [B, 784]
-    return case.x.reshape(case.x.shape[0], 2, -1)
+    """x with one value too few per row (e.g. [B, 783])."""
+    return case.x.reshape(case.x.shape[0], -1)[:, :-1]
 
 
 def test_bad_requests_are_refused_and_the_model_keeps_serving(case):
     graph, expected = case.graph, case.expected["encode"]["loc"]
+    noise = np.zeros((case.x.shape[0], LATENT), "float32")
     bad_dtypes = [case.x.astype(dtype) for dtype in ("int32", "uint8", "float64")]
 
     # As TF Serving's session->Run: a wrong dtype is refused.
     for bad in bad_dtypes:
         with pytest.raises(tf.errors.InvalidArgumentError, match="Expects arg\\[0\\] to be float"):
-            graph.run_raw("encode", x=bad)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="not compatible with expected shape"):
-        graph.run_raw("encode", x=_bad_shape(case))
+            graph.run_raw("serving_default", x=bad)
+    # A session does not check shapes against the signature: the export
+    # reshapes x to [-1, *event] (a portable op), which refuses rows of
+    # another size (rows of the right size are read as row-major examples).
+    with pytest.raises(tf.errors.InvalidArgumentError, match="reshape"):
+        graph.run_raw("serving_default", x=_bad_shape(case))
     with pytest.raises(tf.errors.InvalidArgumentError):
         graph.run_raw("decode", z=np.zeros((2, LATENT + 1), "float32"))
-    np.testing.assert_allclose(graph.run_raw("encode", x=case.x)["loc"], expected, **TOL)
+    np.testing.assert_allclose(graph.run_raw("encode", x=case.x, noise=noise)["loc"], expected, **TOL)
     # The Python session client refuses shapes itself (and casts dtypes: not
     # what TF Serving does, see run_raw above).
     with pytest.raises(ValueError, match="Cannot feed value of shape"):
-        graph.run("encode", x=_bad_shape(case))
-    np.testing.assert_allclose(graph.run("encode", x=case.x)["loc"], expected, **TOL)
+        graph.run("encode", x=_bad_shape(case), noise=noise)
+    np.testing.assert_allclose(graph.run("encode", x=case.x, noise=noise)["loc"], expected, **TOL)
 
     # tf.saved_model.load signatures.
     encode = case.loaded.signatures["encode"]
     for bad in bad_dtypes:
         with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a float tensor"):
-            encode(x=tf.constant(bad))
+            encode(x=tf.constant(bad), noise=tf.constant(noise))
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
-        encode(x=tf.constant(_bad_shape(case)))
+        encode(x=tf.constant(_bad_shape(case)), noise=tf.constant(noise))
     with pytest.raises((TypeError, ValueError)):
-        encode(y=tf.constant(case.x))  # wrong input name
-    np.testing.assert_allclose(encode(x=tf.constant(case.x))["loc"].numpy(), expected, **TOL)
+        encode(y=tf.constant(case.x), noise=tf.constant(noise))  # wrong input name
+    np.testing.assert_allclose(encode(x=tf.constant(case.x), noise=tf.constant(noise))["loc"].numpy(), expected, **TOL)
 
 
-def test_invalid_values_are_refused(case):
-    """Bernoulli data must be in [0, 1]; any data must be finite."""
+def _x_inputs(case, x):
+    """The inputs of each signature that reads x, for a batch x."""
+    batch = x.shape[0]
+    noise = np.zeros((batch, LATENT), "float32")
+    return {
+        "serving_default": {"x": x},
+        "embed": {"x": x},
+        "encode": {"x": x, "noise": noise},
+        "elbo": {"x": x, "noise": noise},
+        "posterior_sample": {"x": x, "noise": noise},
+        "log_joint": {"x": x, "z": noise},
+        "log_likelihood": {"x": x, "noise": np.zeros((batch, 3, LATENT), "float32")},
+    }
+
+
+def test_invalid_rows_give_nan_and_leave_the_other_rows_alone(case):
+    """Bernoulli data must be in [0, 1]; any data must be finite: a bad row
+    gives NaN in its outputs (arithmetic every runtime keeps), not an error."""
     bad = case.x.copy()
     if case.name == "gaussian":
         bad[0, 0] = np.nan
-        signatures = ("elbo", "serving_default", "encode")
+        bad[2, 1] = np.inf
+        bad_rows = [0, 2]
     else:
-        bad = bad * 255.0  # 8-bit images not divided by 255
-        signatures = ("elbo", "serving_default", "encode")
-    for signature in signatures:
-        with pytest.raises(tf.errors.InvalidArgumentError, match="keras_vae input error"):
-            case.graph.run_raw(signature, x=bad)
-        with pytest.raises(tf.errors.InvalidArgumentError, match="keras_vae input error"):
-            case.loaded.signatures[signature](x=tf.constant(bad))
-    good = case.graph.run_raw("serving_default", x=case.x)["mean"]
-    np.testing.assert_allclose(good, case.expected["serving_default"]["mean"], **TOL)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        case.graph.run_raw("sample", num=np.int32(-1))
+        bad[0] = bad[0] * 255.0  # an 8-bit image not divided by 255
+        bad[2, 0, 0, 0] = np.nan
+        bad_rows = [0, 2]
+    good_rows = [1]
+    for signature, inputs in _x_inputs(case, bad).items():
+        for out in (case.graph.run_raw(signature, **inputs), case.loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})):
+            reference = case.graph.run_raw(signature, **_x_inputs(case, case.x)[signature])
+            for key, value in out.items():
+                value = np.asarray(value)
+                assert np.all(np.isnan(value[bad_rows])), (signature, key)
+                np.testing.assert_array_equal(value[good_rows], reference[key][good_rows], err_msg=(signature, key))
 
 
 # ------------------------------------------------------- TFSMLayer in a model
@@ -604,7 +653,7 @@ def test_invalid_values_are_refused(case):
 
 def test_tfsm_layer_in_a_new_functional_model_trains_a_dense_head(exports):
     case = exports("trained")
-    layer = keras.layers.TFSMLayer(case.path, call_endpoint="encode")
+    layer = keras.layers.TFSMLayer(case.path, call_endpoint="embed")
     assert len(layer.trainable_weights) == 4  # the encoder's, ready to fine-tune
     layer.trainable = False
     inputs = keras.Input(EVENT)
@@ -773,6 +822,12 @@ def test_load_model_or_run_refuses_bad_paths(tmp_path, keras_file):
     empty.mkdir()
     with pytest.raises(ValueError, match="best.keras"):
         training.load_model_or_run(str(empty))
+    # An export directory is named as one, with how to load it.
+    export = tmp_path / "model" / "1"
+    export.mkdir(parents=True)
+    (export / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"a SavedModel export .*keras_vae.exported.ExportedVAE"):
+        training.load_model_or_run(str(export))
 
 
 # ------------------------------------------------------------ tools/export.py
@@ -977,7 +1032,7 @@ def test_exported_vae_refuses_a_description_that_disagrees_or_is_newer(exports, 
     with pytest.raises(ValueError, match="latent_dim=3"):
         exported_lib.ExportedVAE(path)
     _rewrite_description(path, latent_dim=LATENT, format=export.DESCRIPTION_FORMAT + 1)
-    with pytest.raises(ValueError, match="format <= 1.*upgrade keras_vae"):
+    with pytest.raises(ValueError, match=f"format <= {export.DESCRIPTION_FORMAT}.*upgrade keras_vae"):
         exported_lib.ExportedVAE(path)
     with open(_description_file(path), "w") as f:
         f.write("{not json")

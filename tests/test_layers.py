@@ -654,5 +654,5 @@ def test_gated_layers_under_mixed_float16_keep_float32_variables(kind):
     # The hidden GatedDense layers compute in float16 (not only the head).
     assert layer.hidden_layers[0](x).dtype == tf.float16
     # The head is the float32 output layer of a mixed-precision model
-    # (keras_vae/_precision.py): the distribution's parameters are float32.
+    # (keras_vae/precision.py): the distribution's parameters are float32.
     assert param.dtype == tf.float32

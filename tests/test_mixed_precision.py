@@ -3,7 +3,7 @@
 Under the policy the networks' products run in bfloat16 with float32
 weights, and everything probabilistic is float32: the heads' parameters and
 log-probabilities, the priors, the KL, the ELBO, the loss and the IWAE
-evaluation (keras_vae/_precision.py). The ELBO of a mixed model is checked
+evaluation (keras_vae/precision.py). The ELBO of a mixed model is checked
 against the same weights in float32 within a first-order bound of bfloat16
 rounding (`_elbo_error_scale`). Tiny models (8x8x1 images, one hidden layer
 of 32 units): the file takes well under a minute.
@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import keras_vae
 from conftest import float32_atol
-from keras_vae import _precision
+from keras_vae._internal import precision
 from keras_vae import evaluation
 from keras_vae import training
 from keras_vae.layers import BernoulliDecoder
@@ -49,7 +49,7 @@ def _prior(name, seed):
 def _vae(policy=MIXED, prior=None, decoder=None, seed=0, **kwargs):
     """A tiny VAE with every layer made under `policy`, built."""
     keras.utils.set_random_seed(seed)
-    with _precision.dtype_policy_scope(policy):
+    with precision.dtype_policy_scope(policy):
         return keras_vae.VAE(
             GaussianEncoder(LATENT_DIM, hidden_units=(32,)),
             decoder or BernoulliDecoder(SHAPE, hidden_units=(32,)),
@@ -347,15 +347,15 @@ def test_importance_sampled_log_likelihood_runs_mixed_and_returns_float32(x):
 
 def test_a_loaded_float32_model_can_run_mixed_and_back(x):
     reference = _vae("float32")
-    model = _precision.set_model_dtype_policy(_float32_copy(reference), MIXED)
+    model = precision.set_model_dtype_policy(_float32_copy(reference), MIXED)
     counts, _ = _products(lambda x: model.elbo_terms(x)["elbo"], tf.constant(x))
     assert counts == {("MatMul", "bfloat16"): 4}
     assert model.encode(x).dtype == tf.float32
-    _precision.set_model_dtype_policy(model, "float32")
+    precision.set_model_dtype_policy(model, "float32")
     counts, _ = _products(lambda x: model.elbo_terms(x)["elbo"], tf.constant(x))
     assert counts == {("MatMul", "float32"): 4}
     with pytest.raises(ValueError, match="variable dtype float32"):
-        _precision.set_model_dtype_policy(model, "float64")
+        precision.set_model_dtype_policy(model, "float64")
 
 
 # ---------------------------------------------------------- config, CLI
@@ -382,13 +382,13 @@ def test_bfloat16_on_a_cpu_without_native_support_warns_but_runs(monkeypatch):
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("no warning with a GPU")
     with pytest.warns(UserWarning, match="no native bfloat16"):
-        assert _precision.check_bfloat16_support(MIXED, flags={"avx2", "fma", "avx512f"})
+        assert precision.check_bfloat16_support(MIXED, flags={"avx2", "fma", "avx512f"})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not _precision.check_bfloat16_support(MIXED, flags={"avx512_bf16"})
-        assert not _precision.check_bfloat16_support(MIXED, flags={"amx_bf16"})
-        assert not _precision.check_bfloat16_support("float32", flags=set())
-    monkeypatch.setattr(_precision, "cpu_flags", lambda path=None: {"avx2"})
+        assert not precision.check_bfloat16_support(MIXED, flags={"avx512_bf16"})
+        assert not precision.check_bfloat16_support(MIXED, flags={"amx_bf16"})
+        assert not precision.check_bfloat16_support("float32", flags=set())
+    monkeypatch.setattr(precision, "cpu_flags", lambda path=None: {"avx2"})
     with pytest.warns(UserWarning, match="AVX512_BF16|avx512_bf16"):
         vae = training.build_vae(training.TrainConfig(latent_dim=2, hidden_units=(8,), dtype_policy=MIXED))
     assert vae.dtype_policy.name == MIXED

@@ -194,6 +194,24 @@ def test_plot_all_writes_every_plot_that_applies_from_the_images_it_is_given(lat
         _check_png(path, path)
 
 
+def test_plot_all_labels_the_curves_with_the_models_objective_and_kl(module_prototype_images, tmp_path, monkeypatch):
+    from keras_vae.layers import MixtureOfGaussiansPrior
+
+    seen = {}
+    monkeypatch.setattr(plotting, "plot_training_curves", lambda history, path, **kw: seen.update(kw) or path)
+    vae = keras_vae.VAE(
+        GaussianEncoder(3, hidden_units=(8,)),
+        BernoulliDecoder((8, 8, 1), hidden_units=(8,)),
+        prior=MixtureOfGaussiansPrior(3, 2),
+        objective="iwae",
+        num_samples=2,
+        input_shape=(None, 8, 8, 1),
+    )
+    history = {"loss": [60.0, 50.0], "elbo": [-60.0, -50.0]}
+    plotting.plot_all(vae, history, module_prototype_images[0][:20], str(tmp_path))
+    assert seen == {"objective": "iwae", "kl_is_analytic": False}
+
+
 # ------------------------------------------------ traversals, interpolations
 
 # Decoder means are sigmoids of logits of size ~1 from a 16-unit MLP: two
@@ -337,11 +355,11 @@ def curves_figure(monkeypatch):
 
     monkeypatch.setattr(plotting, "_save", keep)
 
-    def draw(history):
+    def draw(history, **kwargs):
         import tempfile
 
         with tempfile.TemporaryDirectory() as directory:
-            plotting.plot_training_curves(history, os.path.join(directory, "curves.png"))
+            plotting.plot_training_curves(history, os.path.join(directory, "curves.png"), **kwargs)
         return figures[-1]
 
     yield draw
@@ -382,6 +400,44 @@ def test_training_curves_leave_a_huge_first_epoch_off_the_axis_and_keep_the_othe
         # ... and the axis is not stretched far beyond the later epochs.
         assert top - bottom < 1.5 * np.ptp(values[:, 1:]), key
         assert "epoch 1 off scale" in ax.get_title(), key
+
+
+def test_training_curves_draw_no_segment_from_a_first_epoch_left_off_the_axis(curves_figure):
+    # The clipped segment from epoch 1 to 2 drew a near-vertical spike at epoch 2.
+    fig = curves_figure(_history([-5000.0, -130.0, -118.0, -110.0]))
+    for key, ax in _panels(fig).items():
+        for line in ax.get_lines():
+            assert list(line.get_xdata()) == [2, 3, 4], (key, line.get_label())
+    # On the axis, epoch 1 is drawn.
+    fig = curves_figure(_history([-150.0, -130.0, -118.0, -110.0]))
+    assert all(list(line.get_xdata()) == [1, 2, 3, 4] for line in _panels(fig)["elbo"].get_lines())
+
+
+def test_training_curves_of_an_iwae_run_name_its_loss_and_draw_its_bound(curves_figure):
+    history = _history([-200.0, -150.0, -130.0, -120.0])
+    history["iwae"] = [v + 1.5 for v in history["elbo"]]
+    history["val_iwae"] = [v + 1.5 for v in history["val_elbo"]]
+    history["loss"] = [-v for v in history["iwae"]]
+    panels = _panels(curves_figure(history))
+    loss_title = panels["loss"].get_title()
+    assert "IWAE bound" in loss_title and "reconstruction - beta * KL" not in loss_title
+    elbo = panels["elbo"]
+    assert "IWAE bound" in elbo.get_title()
+    lines = {line.get_label(): line for line in elbo.get_lines()}
+    assert set(lines) == {"train", "validation", "train IWAE", "validation IWAE"}
+    np.testing.assert_allclose(lines["validation IWAE"].get_ydata(), history["val_iwae"])
+    assert lines["train IWAE"].get_linestyle() == "--"
+    # An ELBO run's loss keeps its formula and draws no IWAE curve.
+    panels = _panels(curves_figure(_history([-200.0, -150.0, -130.0]), objective="elbo"))
+    assert "reconstruction - beta * KL" in panels["loss"].get_title()
+    assert {line.get_label() for line in panels["elbo"].get_lines()} == {"train", "validation"}
+
+
+def test_training_curves_say_whether_the_kl_is_analytic_or_a_monte_carlo_estimate(curves_figure):
+    history = _history([-200.0, -150.0, -130.0])
+    assert "Monte Carlo" in _panels(curves_figure(history, kl_is_analytic=False))["kl"].get_title()
+    title = _panels(curves_figure(history, kl_is_analytic=True))["kl"].get_title()
+    assert "analytic" in title and "Monte Carlo" not in title
 
 
 def test_training_curves_of_two_epochs_show_both_and_of_three_leave_a_huge_first_off(curves_figure):

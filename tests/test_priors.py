@@ -217,8 +217,17 @@ def test_a_vampprior_vae_exports_its_prior_and_samples(tmp_path, binary_images):
     np.testing.assert_allclose(
         exported.prior.distribution().log_prob(z), vae.prior(z), rtol=1e-5, atol=1e-5
     )
-    images = exported.loaded.signatures["sample"](num=tf.constant(6))["mean"].numpy()
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal((6, vae.latent_dim)).astype("float32")
+    uniform = np.array([0.0, 0.1, 0.3, 0.55, 0.8, 0.999], "float32")
+    images = exported.loaded.signatures["sample"](noise=tf.constant(noise), uniform=tf.constant(uniform))["mean"].numpy()
     assert images.shape == (6,) + IMAGE_SHAPE and np.all((images >= 0) & (images <= 1))
+    # Component k = floor(4 u) of the 4 equally weighted components q(z | u_k):
+    # the images are the decoder's at loc_k + scale_k * noise.
+    components = vae.prior.distribution().components_distribution.distribution
+    k = np.floor(uniform * 4).astype(int)
+    z = components.loc.numpy()[k] + components.scale.numpy()[k] * noise
+    np.testing.assert_allclose(images, vae.decode(z).mean().numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_the_matrix_product_mixture_log_prob_is_tfps_at_vampprior_size():

@@ -350,5 +350,5 @@ def test_report_tool_help_is_fast_and_its_errors_are_one_line(tmp_path, capsys):
     )
     with pytest.raises(SystemExit) as exit_info:
         tool.parse_args([missing, "--images", "0"])
-    assert exit_info.value.code == 2
-    assert "Expected --images to be a positive integer. Received: --images 0" in capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert "Expected --images to be a positive integer. Received: --images=0" in capsys.readouterr().err

@@ -331,12 +331,25 @@ def grpc_target(request, servables):
     return f"127.0.0.1:{port}"
 
 
+def _noise(rows, k=None):
+    shape = (rows, LATENT) if k is None else (rows, k, LATENT)
+    return np.random.default_rng(5).standard_normal(shape).astype("float32")
+
+
 def _inputs(served, signature):
-    if signature in ("encode", "elbo", "serving_default"):
-        return {"x": served.x}
-    if signature in ("decode", "prior_log_prob"):
-        return {"z": served.z}
-    return {"num": 5}
+    x, noise = served.x, _noise(3)
+    return {
+        "serving_default": {"x": x},
+        "embed": {"x": x},
+        "encode": {"x": x, "noise": noise},
+        "elbo": {"x": x, "noise": noise},
+        "posterior_sample": {"x": x, "noise": noise},
+        "log_joint": {"x": x, "z": noise},
+        "log_likelihood": {"x": x, "noise": _noise(3, 4)},
+        "decode": {"z": served.z},
+        "prior_log_prob": {"z": served.z},
+        "sample": {"noise": _noise(5)},
+    }[signature]
 
 
 # ------------------------------------------------------- the request proto
@@ -395,7 +408,7 @@ def test_grpc_predict_request_dtypes(served):
     with pytest.raises(ValueError, match="dict"):
         serving.grpc_predict_request(MODEL_NAME, "encode", served.x)
     with pytest.raises(ValueError, match="version"):
-        serving.grpc_predict_request(MODEL_NAME, "encode", {"x": served.x}, version=0)
+        serving.grpc_predict_request(MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=0)
 
 
 # ------------------------------------------------------------------ REST
@@ -414,14 +427,14 @@ def test_rest_predict_gives_the_keras_models_numbers(served, rest_server):
         return serving.rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, signature, inputs)
 
     _assert_deterministic_outputs(served, call)
-    encode = call("encode", {"x": served.x})
+    encode = call("encode", {"x": served.x, "noise": _noise(3)})
     assert set(encode) == {"loc", "scale", "z"} and encode["z"].shape == (3, LATENT)
-    elbo = call("elbo", {"x": served.x})
+    elbo = call("elbo", {"x": served.x, "noise": _noise(3)})
     assert set(elbo) == {"elbo", "reconstruction", "kl"}
     np.testing.assert_allclose(elbo["kl"], served.kl, **TOL)
     np.testing.assert_allclose(elbo["elbo"], elbo["reconstruction"] - elbo["kl"], rtol=1e-5, atol=1e-4)
     # Single-output signatures come back bare from TF Serving: named here.
-    sample = call("sample", {"num": 5})
+    sample = call("sample", {"noise": _noise(5)})
     assert set(sample) == {"mean"} and sample["mean"].shape == (5,) + EVENT
     assert 0 <= sample["mean"].min() and sample["mean"].max() <= 1
     # A bare input value for a single-input signature, as the REST API allows.
@@ -431,12 +444,12 @@ def test_rest_predict_gives_the_keras_models_numbers(served, rest_server):
 
 def test_rest_predict_with_a_version(served, rest_server):
     out = serving.rest_predict(
-        "127.0.0.1", rest_server.port, MODEL_NAME, "encode", {"x": served.x}, version=1
+        "127.0.0.1", rest_server.port, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=1
     )
     np.testing.assert_allclose(out["loc"], served.expected["encode"]["loc"], **TOL)
     assert rest_server.paths[-1] == ("POST", f"/v1/models/{MODEL_NAME}/versions/1:predict")
     with pytest.raises(serving.ServingError, match="Servable not found") as info:
-        serving.rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, "encode", {"x": served.x}, version=7)
+        serving.rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=7)
     assert info.value.status == 404
     assert info.value.error == f"Servable not found for request: Specific({MODEL_NAME}, 7)"
 
@@ -446,26 +459,27 @@ def test_rest_predict_errors_are_clear_and_the_server_keeps_serving(served, rest
     with pytest.raises(serving.ServingError, match='Serving signature key "bogus" not found') as info:
         serving.rest_predict("127.0.0.1", port, MODEL_NAME, "bogus", {"x": served.x})
     assert info.value.status == 400 and "HTTP 400" in str(info.value)
-    with pytest.raises(serving.ServingError, match="not compatible with expected shape") as info:
-        serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": served.x.reshape(3, -1)})
+    with pytest.raises(serving.ServingError, match="not compatible with expected shape|reshape") as info:
+        serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": served.x.reshape(3, -1)[:, :-1], "noise": _noise(3)})
     assert info.value.status == 400
-    with pytest.raises(serving.ServingError, match="keras_vae input error"):
-        serving.rest_predict("127.0.0.1", port, MODEL_NAME, "elbo", {"x": served.x * 255})
+    # Out-of-range images answer NaN rows (what every runtime can do), not an error.
+    bad = serving.rest_predict("127.0.0.1", port, MODEL_NAME, "elbo", {"x": served.x * 255, "noise": _noise(3)})
+    assert np.all(np.isnan(bad["elbo"]))
     with pytest.raises(serving.ServingError, match="input size does not match"):
         serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"z": served.z})
     with pytest.raises(serving.ServingError, match="Servable not found") as info:
-        serving.rest_predict("127.0.0.1", port, "other_model", "encode", {"x": served.x})
+        serving.rest_predict("127.0.0.1", port, "other_model", "encode", {"x": served.x, "noise": _noise(3)})
     assert info.value.status == 404
     with pytest.raises(ValueError, match="numeric"):
-        serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": ["a", "b"]})
-    out = serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": served.x})
+        serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": ["a", "b"], "noise": _noise(2)})
+    out = serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)})
     np.testing.assert_allclose(out["loc"], served.expected["encode"]["loc"], **TOL)
 
 
 def test_rest_predict_without_a_server():
     with socket_closed_port() as port:
         with pytest.raises(serving.ServingError) as info:
-            serving.rest_predict("127.0.0.1", port, MODEL_NAME, "sample", {"num": 1}, timeout=2)
+            serving.rest_predict("127.0.0.1", port, MODEL_NAME, "sample", {"noise": _noise(1)}, timeout=2)
     message = str(info.value)
     assert message.startswith(f"Could not connect to TF Serving at 127.0.0.1:{port}: "), message
     assert "Connection refused" in message and "REST port" in message, message
@@ -492,9 +506,13 @@ class socket_closed_port:
 def test_rest_metadata_and_unnamed_single_outputs(served, rest_server, monkeypatch):
     signatures = serving.rest_metadata("127.0.0.1", rest_server.port, MODEL_NAME)
     assert set(signatures) == set(export.SIGNATURES)
-    assert signatures["encode"]["inputs"] == {"x": {"dtype": "DT_FLOAT", "shape": [-1, *EVENT]}}
+    assert signatures["encode"]["inputs"] == {
+        "x": {"dtype": "DT_FLOAT", "shape": [-1, *EVENT]},
+        "noise": {"dtype": "DT_FLOAT", "shape": [-1, LATENT]},
+    }
     assert signatures["decode"]["inputs"]["z"]["shape"] == [-1, LATENT]
-    assert signatures["sample"]["inputs"] == {"num": {"dtype": "DT_INT32", "shape": []}}
+    assert signatures["sample"]["inputs"] == {"noise": {"dtype": "DT_FLOAT", "shape": [-1, LATENT]}}
+    assert signatures["log_likelihood"]["inputs"]["noise"]["shape"] == [-1, -1, LATENT]
     assert set(signatures["elbo"]["outputs"]) == {"elbo", "reconstruction", "kl"}
     # A single output of a signature the client does not know is named from
     # the metadata.
@@ -512,12 +530,12 @@ def test_grpc_predict_gives_the_keras_models_numbers(served, grpc_target):
         return serving.grpc_predict(grpc_target, MODEL_NAME, signature, inputs, timeout=30)
 
     _assert_deterministic_outputs(served, call)
-    elbo = call("elbo", {"x": served.x})
+    elbo = call("elbo", {"x": served.x, "noise": _noise(3)})
     assert elbo["kl"].dtype == np.float32
     np.testing.assert_allclose(elbo["kl"], served.kl, **TOL)
-    sample = call("sample", {"num": 2})
+    sample = call("sample", {"noise": _noise(2)})
     assert sample["mean"].shape == (2,) + EVENT
-    out = serving.grpc_predict(grpc_target, MODEL_NAME, "encode", {"x": served.x}, version=1, timeout=30)
+    out = serving.grpc_predict(grpc_target, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=1, timeout=30)
     np.testing.assert_allclose(out["loc"], served.expected["encode"]["loc"], **TOL)
     # uint8 images are cast to the float32 the signature takes.
     out = call("serving_default", {"x": served.x.astype("uint8")})
@@ -529,18 +547,18 @@ def test_grpc_predict_errors_carry_the_status(served, grpc_target):
         return serving.grpc_predict(grpc_target, *args, timeout=30, **kwargs)
 
     with pytest.raises(serving.ServingError, match="expected to be a float tensor") as info:
-        call(MODEL_NAME, "encode", {"x": served.x.astype("float64")}, dtypes=None)
+        call(MODEL_NAME, "encode", {"x": served.x.astype("float64"), "noise": _noise(3)}, dtypes=None)
     assert info.value.status == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(serving.ServingError, match="not found") as info:
         call(MODEL_NAME, "bogus", {"x": served.x})
     assert info.value.status == grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(serving.ServingError, match="Servable not found") as info:
-        call(MODEL_NAME, "encode", {"x": served.x}, version=9)
+        call(MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=9)
     assert info.value.status == grpc.StatusCode.NOT_FOUND
     with pytest.raises(serving.ServingError) as info:
-        call(MODEL_NAME, "encode", {"x": served.x.reshape(3, -1)})
+        call(MODEL_NAME, "encode", {"x": served.x.reshape(3, -1)[:, :-1], "noise": _noise(3)})
     assert info.value.status == grpc.StatusCode.INVALID_ARGUMENT
-    out = call(MODEL_NAME, "encode", {"x": served.x})
+    out = call(MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)})
     np.testing.assert_allclose(out["loc"], served.expected["encode"]["loc"], **TOL)
     signatures = serving.grpc_metadata(grpc_target, MODEL_NAME, timeout=30)
     assert signatures["decode"]["inputs"]["z"] == {"dtype": "DT_FLOAT", "shape": [-1, LATENT]}
@@ -552,7 +570,7 @@ def test_grpc_without_a_server_says_it_could_not_connect_and_where(call):
         target = f"127.0.0.1:{port}"
         with pytest.raises(serving.ServingError) as info:
             if call == "predict":
-                serving.grpc_predict(target, MODEL_NAME, "sample", {"num": 1}, timeout=2)
+                serving.grpc_predict(target, MODEL_NAME, "sample", {"noise": _noise(1)}, timeout=2)
             else:
                 serving.grpc_metadata(target, MODEL_NAME, timeout=2)
     message = str(info.value)
@@ -575,9 +593,9 @@ def test_a_server_that_never_answers_is_a_timeout_naming_the_address(client):
         port = listener.getsockname()[1]
         with pytest.raises(serving.ServingError) as info:
             if client == "rest":
-                serving.rest_predict("127.0.0.1", port, MODEL_NAME, "sample", {"num": 1}, timeout=1)
+                serving.rest_predict("127.0.0.1", port, MODEL_NAME, "sample", {"noise": _noise(1)}, timeout=1)
             else:
-                serving.grpc_predict(f"127.0.0.1:{port}", MODEL_NAME, "sample", {"num": 1}, timeout=1)
+                serving.grpc_predict(f"127.0.0.1:{port}", MODEL_NAME, "sample", {"noise": _noise(1)}, timeout=1)
     message = str(info.value)
     assert message.startswith(
         f"TF Serving at 127.0.0.1:{port} did not answer signature 'sample' within 1 s: "

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from keras_vae import data
 from keras_vae import training
 from keras_vae.callbacks import TensorBoardImages
-from keras_vae._grid import tile as _tile
+from keras_vae._internal.grid import tile as _tile
 
 from conftest import build_small_vae
 from conftest import float32_atol

@@ -776,9 +776,9 @@ def test_xla_trains_a_model_built_by_fit(prototype_images, validate_inputs, feed
     ],
 )
 def test_compile_picks_xla_by_the_cpu(make_vae, monkeypatch, flags, override, expected):
-    from keras_vae import _precision
+    from keras_vae._internal import precision
 
-    monkeypatch.setattr(_precision, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
     if override is None:
         monkeypatch.delenv("KERAS_VAE_AUTO_XLA", raising=False)
     else:

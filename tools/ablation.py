@@ -9,9 +9,9 @@ and writes the table (Markdown and JSON) to `runs/<prefix>/`.
 
 Example (the README's ablation, 20 epochs each):
 
-    python tools/ablation.py --epochs 20 --eval-samples 1000 -- \
-        --architecture gated --hidden-units 300,300 --latent-dim 40 \
-        --batch-size 100 --learning-rate 5e-4 --warmup-epochs 5
+    python tools/ablation.py --epochs 20 --eval-samples 1000 --num-samples 5 -- \
+        --architecture gated --hidden-units 300,300 --latent-dim 40 --batch-size 100 \
+        --learning-rate 1e-3 --warmup-epochs 5 --steps-per-execution 4
 
 Options after `--` go to every tools/train.py run unchanged.
 """
@@ -25,8 +25,8 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [TOOLS, os.path.dirname(TOOLS)]
 import _cli  # noqa: E402
 
-PRIORS = ("standard", "mixture", "vamp")
-OBJECTIVES = ("elbo", "iwae")
+PRIORS = _cli.config_module().PRIORS
+OBJECTIVES = _cli.config_module().OBJECTIVES
 
 
 def parse_args(argv=None):
@@ -44,6 +44,7 @@ def parse_args(argv=None):
     parser.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS, help="priors to run")
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES, help="objectives to run")
     args = _cli.parse_args(parser, argv)
+    _cli.check_integers(parser, args, positive=("epochs", "num_samples", "prior_components", "eval_samples"))
     args.passthrough = passthrough
     return args
 

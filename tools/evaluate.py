@@ -66,8 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1), help="progress bar")
     args = _cli.parse_args(parser, argv)
     args.split = args.split or ["validation"]
-    if args.samples <= 0 or args.batch_size <= 0 or (args.take is not None and args.take <= 0):
-        parser.error("--samples, --batch-size and --take must be positive")
+    _cli.check_integers(parser, args, positive=("samples", "batch_size", "take"))
     return args
 
 
@@ -78,13 +77,18 @@ def load(path):
 
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
         return exported_lib.ExportedVAE(path)
+    if not os.path.exists(path):
+        raise ValueError(
+            "Expected a .keras file, a run directory (runs/<name>) or an export "
+            f"version directory (saved_models/<name>/<version>). Received: {path} (not found)"
+        )
     return training.load_model_or_run(path)
 
 
 def set_dtype_policy(model, policy, path):
     """Runs a loaded Keras model in `policy`; an export cannot be switched."""
-    from keras_vae import _precision
     from keras_vae import exported as exported_lib
+    from keras_vae import training
 
     if isinstance(model, exported_lib.ExportedVAE):
         raise ValueError(
@@ -92,7 +96,7 @@ def set_dtype_policy(model, policy, path):
             "export computes in the precision it was exported in). Received: "
             f"{path}, an export"
         )
-    _precision.set_model_dtype_policy(model, policy)
+    training.set_model_dtype_policy(model, policy)
     print(f"Running in dtype policy {policy}")
 
 

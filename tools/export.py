@@ -23,7 +23,9 @@ def parse_args(argv=None):
     parser.add_argument("model", help=".keras file or training run directory")
     parser.add_argument("--base-dir", required=True, help="the model's directory, e.g. saved_models/binarized_mnist_vae")
     parser.add_argument("--version", type=int, default=None, help="integer version (default: next after the highest present)")
-    return _cli.parse_args(parser, argv)
+    args = _cli.parse_args(parser, argv)
+    _cli.check_integers(parser, args, positive=("version",))
+    return args
 
 
 def main(argv=None):

@@ -42,8 +42,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--output", default=None, help="the HTML file (default: <run_dir>/report.html)")
     args = _cli.parse_args(parser, argv)
-    if args.images <= 0:
-        parser.error(f"Expected --images to be a positive integer. Received: --images {args.images}")
+    _cli.check_integers(parser, args, positive=("images",))
     return args
 
 

@@ -2,18 +2,19 @@
 """Query a keras_vae model served by TensorFlow Serving (REST or gRPC).
 
 Sends one request to a signature of the served model and prints each output's
-shape, dtype and first values. Inputs: a few validation images of
-binarized_mnist from TFDS (--images tfds) or random binary images (default)
-for `encode`, `elbo` and `serving_default`; codes z ~ N(0, I) for `decode`
-and `prior_log_prob`; --num for `sample`. Shapes are read from the model's
-metadata unless --event-shape / --latent-dim are given.
+shape, dtype and first values. Inputs, shaped as the signature's metadata
+declares: images x (a few validation images of binarized_mnist from TFDS with
+--images tfds, else random binary images), codes z and noise ~ N(0, I),
+uniforms in [0, 1) for a mixture prior's `sample`; --num images for `sample`
+and --num importance samples per image for `log_likelihood`. --event-shape /
+--latent-dim override the metadata's shapes.
 
 Examples (server started as in saved_models/README.md):
 
     python tools/serving_client.py --rest localhost:8501 --signature encode
     python tools/serving_client.py --grpc localhost:8500 --signature sample --num 4
-    python tools/serving_client.py --rest localhost:8501 --signature elbo \\
-        --images tfds --data-dir ../shared/tensorflow_datasets
+    python tools/serving_client.py --rest localhost:8501 --signature log_likelihood \\
+        --num 100 --images tfds --data-dir ../shared/tensorflow_datasets
 """
 
 import argparse
@@ -24,8 +25,7 @@ TOOLS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [TOOLS, os.path.dirname(TOOLS)]  # tools/_cli.py; this checkout's keras_vae
 import _cli  # noqa: E402
 
-SIGNATURES = ("encode", "decode", "prior_log_prob", "elbo", "sample", "serving_default")
-X_SIGNATURES = ("encode", "elbo", "serving_default")
+SIGNATURES = _cli.package_module("serving").SIGNATURES
 Z_SIGNATURES = ("decode", "prior_log_prob")
 
 
@@ -55,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--version", type=int, default=None, help="model version (default: latest served)")
     parser.add_argument("--signature", default="serving_default", choices=SIGNATURES, help="the served signature to call")
     parser.add_argument("--batch", type=int, default=3, help="number of images or codes sent")
-    parser.add_argument("--num", type=int, default=4, help="number of samples for --signature sample")
+    parser.add_argument("--num", type=int, default=4, help="images drawn by --signature sample; importance samples per image for log_likelihood")
     parser.add_argument("--images", choices=("random", "tfds"), default="random", help="x inputs: random binary images or TFDS validation images")
     parser.add_argument("--dataset", default="binarized_mnist", help="TFDS dataset for --images tfds")
     parser.add_argument("--split", default="validation", help="TFDS split for --images tfds")
@@ -66,8 +66,9 @@ def parse_args(argv=None):
     parser.add_argument("--timeout", type=float, default=10.0, help="request timeout in seconds")
     parser.add_argument("--values", type=int, default=5, help="how many first values to print per output")
     args = _cli.parse_args(parser, argv)
-    if args.batch <= 0 or args.num < 0:
-        parser.error("--batch must be positive and --num non-negative")
+    _cli.check_integers(parser, args, positive=("batch", "latent_dim"), non_negative=("num", "values"))
+    if not args.timeout > 0:
+        parser.error(f"Expected --timeout to be a number of seconds > 0. Received: --timeout={args.timeout}")
     return args
 
 
@@ -79,31 +80,46 @@ def _metadata(args):
     return serving.grpc_metadata(f"{args.grpc[0]}:{args.grpc[1]}", args.model, args.version, args.timeout)
 
 
-def make_inputs(args, metadata=None):
-    """The request's inputs for `args.signature` (a dict of NumPy arrays)."""
+def _images(args, event_shape, rng):
     import numpy as np
 
-    rng = np.random.default_rng(args.seed)
-    if args.signature == "sample":
-        return {"num": np.int32(args.num)}
-    if args.signature in Z_SIGNATURES:
-        latent_dim = args.latent_dim
-        if latent_dim is None:
-            metadata = metadata if metadata is not None else _metadata(args)
-            latent_dim = metadata[args.signature]["inputs"]["z"]["shape"][-1]
-        return {"z": rng.standard_normal((args.batch, latent_dim)).astype("float32")}
-    event_shape = args.event_shape
     if args.images == "tfds":
         from keras_vae import data
 
         ds = data.load(args.dataset, args.split, batch_size=args.batch, shuffle=False, data_dir=args.data_dir, take=args.batch)
-        x = next(iter(ds)).numpy().astype("float32")
-    else:
-        if event_shape is None:
-            metadata = metadata if metadata is not None else _metadata(args)
-            event_shape = tuple(metadata[args.signature]["inputs"]["x"]["shape"][1:])
-        x = (rng.random((args.batch,) + tuple(event_shape)) < 0.5).astype("float32")
-    return {"x": x}
+        return next(iter(ds)).numpy().astype("float32")
+    return (rng.random((args.batch,) + tuple(event_shape)) < 0.5).astype("float32")
+
+
+def make_inputs(args, metadata=None):
+    """The request's inputs for `args.signature` (a dict of NumPy arrays),
+    shaped as the served signature declares (its metadata): `x` images,
+    `z` and `noise` standard normal, `uniform` in [0, 1); `sample` draws
+    `--num` images, `log_likelihood` `--num` importance samples per image."""
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    if args.signature == "serving_default" and args.event_shape is not None and args.images == "random":
+        return {"x": _images(args, args.event_shape, rng)}
+    if metadata is None:
+        metadata = _metadata(args)
+    specs = metadata[args.signature]["inputs"]
+    rows = args.num if args.signature == "sample" else args.batch
+    inputs = {}
+    for name in sorted(specs, key=lambda n: n != "x"):
+        shape = specs[name]["shape"]
+        if name == "num":  # `sample` of an export written before keras_vae 0.3
+            inputs[name] = np.int32(args.num)
+        elif name == "x":
+            inputs[name] = _images(args, args.event_shape or tuple(shape[1:]), rng)
+        elif name == "uniform":
+            inputs[name] = rng.random(rows).astype("float32")
+        else:  # z or noise: [B, D], or [B, k, D] for log_likelihood
+            width = args.latent_dim if args.latent_dim is not None and name == "z" and args.signature in Z_SIGNATURES else shape[-1]
+            middle = (args.num,) if len(shape) == 3 else ()
+            batch = inputs["x"].shape[0] if "x" in inputs else rows
+            inputs[name] = rng.standard_normal((batch,) + middle + (width,)).astype("float32")
+    return inputs
 
 
 def format_outputs(outputs, values=5):

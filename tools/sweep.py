@@ -13,13 +13,14 @@ to runs/<name>/ (or --output-dir):
                            lines of constant ELBO (Alemi et al. 2018)
     samples_per_beta.png   samples from the prior, one row per beta
 
-Example (the default betas 0.1,0.25,0.5,1,2,4, one epoch each on the 50,000
-training images; about 2 minutes on 2 CPU cores):
+Example (the README's sweep: the default betas 0.1,0.25,0.5,1,2,4, one epoch
+each on the 50,000 training images; about 2 minutes on 2 CPU cores):
 
     python tools/sweep.py --name beta_sweep
 
-Then with a larger --epochs, the same command continues every run (and adds
-the NLL, an IWAE bound with 100 samples, to the table):
+Then with a larger --epochs (the README's next command), the same command
+continues every run (and adds the NLL, an IWAE bound with 100 samples, to the
+table):
 
     python tools/sweep.py --name beta_sweep --epochs 3 --eval-samples 100
 
@@ -47,7 +48,7 @@ SWEEP_FIELDS = ("beta", "output_dir")
 
 def parse_args(argv=None):
     """The parsed options; the betas and the `TrainConfig` ones are checked
-    (a `ValueError`), before TensorFlow is imported."""
+    (one line `error: ...`, exit status 1), before TensorFlow is imported."""
     config = _cli.config_module()
     sweep = _cli.package_module("sweep")
     parser = _cli.parser(__doc__)
@@ -93,16 +94,15 @@ def parse_args(argv=None):
         defaults={"epochs": sweep.DEFAULT_EPOCHS},
     )
     args = _cli.parse_args(parser, argv)
-    args.betas = sweep.parse_betas(args.betas)
+    try:
+        args.betas = sweep.parse_betas(args.betas)
+    except ValueError as e:
+        parser.error(str(e))
     args.name = args.name or sweep.default_name(args.dataset)
     args.output_dir = args.output_dir or os.path.join("runs", args.name)
-    for name in ("eval_samples", "num_images"):
-        value = getattr(args, name)
-        if value <= 0:
-            option = "--" + name.replace("_", "-")
-            raise ValueError(f"Expected {option} to be a positive integer. Received: {option}={value}")
+    _cli.check_integers(parser, args, positive=("eval_samples", "num_images"))
     args.config = {name: getattr(args, name) for name in fields}
-    config.TrainConfig(**args.config)  # its checks, before TensorFlow is imported
+    _cli.check_dataclass(parser, config.TrainConfig, args.config)  # before TensorFlow is imported
     return args
 
 

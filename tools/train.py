@@ -3,7 +3,7 @@ r"""Train a VAE on a TFDS dataset, evaluate it, plot it and export it for servin
 
 Example (the README's main job):
 
-    python tools/train.py --epochs 10 --name quickstart_vae
+    python tools/train.py --epochs 10 --eval-samples 100 --name quickstart_vae
 
 (TFDS downloads binarized_mnist on first use; offline, point --data-dir or
 $TFDS_DATA_DIR at a directory where it is prepared.)
@@ -14,9 +14,10 @@ saved_models/<name>/<version>/, with <name> = <dataset>_run unless --name is
 given (a shipped model's directory, e.g. saved_models/binarized_mnist_vae,
 only gets a new version from a run named so on purpose).
 
-The loss printed is -(reconstruction - beta * KL): it rises during the KL
-warm-up (--warmup-epochs) while beta grows. The ELBO (elbo, val_elbo) is the
-objective to watch.
+The loss printed is -(reconstruction - beta * KL) (with --objective iwae:
+minus the IWAE bound, beta on log q - log p): it rises during the KL warm-up
+(--warmup-epochs) while beta grows. The ELBO (elbo, val_elbo; and iwae,
+val_iwae with --objective iwae) is the objective to watch.
 
 Run the same command again to continue from the newest backup (after a crash,
 even kill -9, or with a larger --epochs): backups are written at every epoch end
@@ -106,12 +107,11 @@ def parse_args(argv=None):
     )
     after.add_argument("--no-plots", action="store_true", help="do not write plots/*.png")
     args = _cli.parse_args(parser, argv)
+    _cli.check_integers(parser, args, positive=("cpu_replicas",), non_negative=("eval_samples",))
     args.name = args.name or config.default_name(args.dataset)
     args.output_dir = args.output_dir or config.default_output_dir(args.name)
-    try:  # the checks of TrainConfig, before TensorFlow is imported
-        config.TrainConfig(**_cli.dataclass_values(config.TrainConfig, args))
-    except ValueError as e:
-        parser.error(str(e))
+    # The checks of TrainConfig, before TensorFlow is imported.
+    _cli.check_dataclass(parser, config.TrainConfig, _cli.dataclass_values(config.TrainConfig, args))
     return args
 
 
@@ -124,7 +124,6 @@ def _write_report(path, report):
 def main(argv=None):
     args = parse_args(argv)
     from keras_vae import data, distribute, evaluation, training
-    from keras_vae._files import read_json
     from keras_vae import report as run_report  # report.html; `report` is evaluation.json's dict
 
     # Before any other TensorFlow work: devices and collectives are set up here.
@@ -142,7 +141,7 @@ def main(argv=None):
         return {"epochs_run": len(history.get("epoch", []))}
 
     status = training.read_status(config.output_dir) or {}
-    previous = read_json(files["evaluation"])
+    previous = training.read_evaluation(config.output_dir)
     if previous is not None and previous.get("step") == status.get("step"):
         # Nothing trained since the report: keep its figures, no new export.
         return _complete(args, model, files, previous)
@@ -157,7 +156,7 @@ def main(argv=None):
     seconds = report["train_seconds"]
     took = f"in {seconds:.0f} s" if seconds is not None else "(time not recorded)"
     print(f"Trained {took} ({report['epochs_run']} epochs, all sessions); best model: {files['best']}")
-    summary = training.summarize(history, config.beta)
+    summary = training.summarize(history, config.beta, config.objective)
     if summary:
         print(summary)
     if args.eval_samples:

@@ -10,13 +10,9 @@ import numbers
 import keras
 import tensorflow as tf
 
-
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"Expected `{name}` to be a positive integer. Received: {name}={value!r}"
-        )
-    return value
+from keras_vae._internal.validation import check_positive_int  # noqa: F401  (used by the layers)
+from keras_vae._internal.validation import is_int
+from keras_vae.layers.gated_dense import GatedDense
 
 
 def check_hidden_units(hidden_units):
@@ -30,7 +26,7 @@ def check_hidden_units(hidden_units):
             f"Received: hidden_units={hidden_units!r}"
         ) from None
     for u in units:
-        if isinstance(u, bool) or not isinstance(u, int) or u <= 0:
+        if not is_int(u) or u <= 0:
             raise ValueError(
                 "Expected `hidden_units` to be a sequence of positive integers. "
                 f"Received: hidden_units={hidden_units!r}"
@@ -46,7 +42,7 @@ def check_event_shape(event_shape):
     except TypeError:
         shape = None
     if not shape or any(
-        isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in shape
+        not is_int(d) or d <= 0 for d in shape
     ):
         raise ValueError(
             "Expected `event_shape` to be a non-empty tuple of positive integers, "
@@ -60,7 +56,7 @@ def make_hidden_layers(
 ):
     """The hidden layers of an MLP (Dense, or GatedDense), created in `__init__`."""
     if gated:
-        from keras_vae.layers.gated_dense import GatedDense as layer_class
+        layer_class = GatedDense
     else:
         layer_class = keras.layers.Dense
     return [

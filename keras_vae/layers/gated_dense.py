@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_vae.layers import _dense_stack
+from keras_vae._internal.validation import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -38,7 +38,7 @@ class GatedDense(keras.layers.Layer):
         self, units, activation=None, kernel_initializer="glorot_uniform", **kwargs
     ):
         super().__init__(**kwargs)
-        self.units = _dense_stack.check_positive_int("units", units)
+        self.units = check_positive_int("units", units)
         self.activation = keras.activations.get(activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         # The sublayers share this layer's dtype policy (float64, or

@@ -32,7 +32,7 @@ mixed-precision model: under a mixed policy such as `"mixed_bfloat16"`
 the network's bfloat16 parameters on in float32 and give a float32
 distribution (parameters, samples, log-probabilities summed over the
 event). They compute in their policy's variable dtype
-(`keras_vae._precision.ComputesInVariableDtype`): float64 stays float64.
+(`keras_vae.precision.ComputesInVariableDtype`): float64 stays float64.
 """
 
 import math
@@ -41,8 +41,9 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_vae import _precision
-from keras_vae import _random
+from keras_vae._internal import bernoulli
+from keras_vae._internal import precision
+from keras_vae._internal.seeds import stateless_seed
 from keras_vae.layers import _dense_stack
 
 tfd = tfp.distributions
@@ -50,32 +51,11 @@ tfd = tfp.distributions
 CONVERT_TO_TENSOR_FNS = ("sample", "mean", "mode")
 
 
-def _softplus(x):
-    """log(1 + exp(x)) as max(x, 0) + log(1 + exp(-|x|)), to absolute precision.
-
-    Half the time of `tf.math.softplus` on a CPU (its kernel's log1p is not
-    vectorized; exp and log are), which is most of the importance-sampled
-    evaluation's work after the matrix products. Within float32 rounding of
-    it: 1 + exp(-|x|) rounds off at most half a unit of 1 (6e-8 absolute),
-    where log1p would keep it: an absolute precision, as a sum of
-    log-probabilities needs, not a relative one (for x < -17 it returns 0,
-    not exp(x)). -|x| is written x - 2 max(x, 0), so that the gradient is
-    sigmoid(x) at x = 0 too (`tf.abs` has gradient 0 there).
-    """
-    positive = tf.maximum(x, tf.zeros((), x.dtype))
-    return positive + tf.math.log(1 + tf.exp(x - 2 * positive))
-
-
-def _logit_bernoulli_log_prob(logits, x):
-    """Per element, log p(x) = x l - softplus(l) of a Bernoulli with logits l."""
-    return tf.math.multiply_no_nan(logits, x) - _softplus(logits)
-
-
 class LogitBernoulli(tfd.Bernoulli):
     """`tfd.Bernoulli` whose log-probability costs one softplus per element.
 
     log p(x) = x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l)
-    for logits l (`_logit_bernoulli_log_prob` above): one softplus, a multiply
+    for logits l (`keras_vae._internal.bernoulli`): one softplus, a multiply
     and a subtraction per element,
     where `tfd.Bernoulli.log_prob` computes softplus(l) and softplus(-l) and
     two products (twice the transcendental work, which dominates the
@@ -86,11 +66,11 @@ class LogitBernoulli(tfd.Bernoulli):
     """
 
     def _log_prob(self, event):
-        if self._logits is None:
+        if self.logits is None:
             return super()._log_prob(event)
-        logits = tf.convert_to_tensor(self._logits)
+        logits = tf.convert_to_tensor(self.logits)
         event = tf.cast(event, logits.dtype)
-        return _logit_bernoulli_log_prob(logits, event)
+        return bernoulli.logit_bernoulli_log_prob(logits, event)
 
 
 def check_convert_to_tensor_fn(value):
@@ -130,7 +110,7 @@ class DistributionLayer(keras.layers.Layer):
         if self.convert_to_tensor_fn is None:
             return distribution
         if self.convert_to_tensor_fn == "sample":
-            return distribution.sample(seed=_random.stateless_seed(self.seed_generator))
+            return distribution.sample(seed=stateless_seed(self.seed_generator))
         return getattr(distribution, self.convert_to_tensor_fn)()
 
     def compute_output_spec(self, inputs, *args, **kwargs):
@@ -155,7 +135,7 @@ class DistributionLayer(keras.layers.Layer):
         return config
 
 
-class _IndependentHead(_precision.ComputesInVariableDtype, DistributionLayer):
+class _IndependentHead(precision.ComputesInVariableDtype, DistributionLayer):
     """Parameters `[..., k * prod(event_shape)]` (or event-shaped) -> distribution.
 
     Subclasses set `num_parameters(...)` (k, per element of the event) and

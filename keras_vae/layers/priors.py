@@ -1,7 +1,7 @@
 """Priors p(z): the standard normal, a learned Gaussian mixture, the VampPrior.
 
 Under a mixed dtype policy (`"mixed_bfloat16"`) a prior computes in float32,
-its policy's variable dtype (`keras_vae._precision.ComputesInVariableDtype`):
+its policy's variable dtype (`keras_vae.precision.ComputesInVariableDtype`):
 its variables (mixture logits, means and scales, VampPrior pseudo-inputs)
 are float32 and read as float32, and `distribution()` and log p(z) are
 float32. A VampPrior's encoder runs in its own policy (bfloat16 products)
@@ -14,13 +14,13 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_vae import _precision
+from keras_vae._internal import precision
 from keras_vae.layers import _dense_stack
 
 tfd = tfp.distributions
 
 
-class _Prior(_precision.ComputesInVariableDtype, keras.layers.Layer):
+class _Prior(precision.ComputesInVariableDtype, keras.layers.Layer):
     """What every prior shares: `call(z)` is log p(z) of `distribution()`,
     both in the policy's variable dtype (float32 under `"mixed_bfloat16"`)."""
 

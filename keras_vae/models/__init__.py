@@ -1,6 +1,7 @@
-"""The VAE model and the error its input checks raise."""
+"""The VAE models (one latent layer; a hierarchy) and the error their input checks raise."""
 
 from keras_vae.models._inputs import InputError
+from keras_vae.models.hierarchical import HierarchicalVAE
 from keras_vae.models.vae import VAE
 
-__all__ = ["InputError", "VAE"]
+__all__ = ["HierarchicalVAE", "InputError", "VAE"]

@@ -127,7 +127,7 @@ def _check_not_empty(data, what):
         if int(data.cardinality()) == 0:
             raise InputError(f"Expected at least one batch in `{what}`. Received: an empty tf.data.Dataset")
         return
-    x = InputChecks._unpack(data)
+    x = InputChecks.unpack_inputs(data)
     shape = np.shape(x)
     if len(shape) and shape[0] == 0:
         raise InputError(f"Expected at least one example in `{what}`. Received: {what}.shape={tuple(shape)}")
@@ -184,7 +184,7 @@ class InputChecks:
     """
 
     @staticmethod
-    def _unpack(data):
+    def unpack_inputs(data):
         """x from an array, `(x,)`, `(x, y)` or a TFDS dict (y is ignored).
 
         `(x, y, sample_weight)` is refused: the objective has no per-example
@@ -202,6 +202,15 @@ class InputChecks:
             x = x["image"]
         return x
 
+    def prepare_inputs(self, x):
+        """x checked (shape, dtype, values) and cast to the variable dtype.
+
+        What the model's methods do to their inputs, for code that computes
+        with the model's layers itself (`keras_vae.evaluation`). Accepts
+        every form `fit` does (an array, `(x,)`, `(x, y)`, a TFDS dict).
+        """
+        return self._prepare(x)
+
     def _prepare(self, x, step=None, checked=False, in_pipeline=False, cast=True):
         """Validates x and casts it to the variable dtype.
 
@@ -217,7 +226,7 @@ class InputChecks:
         training step, eagerly) is named in the error; `in_pipeline`: see
         `_check_values`. `cast=False` returns x checked but not cast.
         """
-        x = self._unpack(x)
+        x = self.unpack_inputs(x)
         if not tf.is_tensor(x):
             x = tf.convert_to_tensor(np.asarray(x))
         dtype = tf.as_dtype(x.dtype)
@@ -407,7 +416,7 @@ class InputChecks:
             shape = getattr(spec, "shape", None)
         elif _is_array_like(data):
             try:
-                shape = tf.TensorShape(np.shape(self._unpack(data)))
+                shape = tf.TensorShape(np.shape(self.unpack_inputs(data)))
             except (InputError, ValueError, TypeError):
                 return  # refused with a clear message by the checks
         else:

@@ -9,50 +9,20 @@ import tensorflow as tf
 
 from keras_vae import kl as kl_lib
 from keras_vae import objectives
-from keras_vae._random import stateless_seed
-from keras_vae.layers import _dense_stack
+from keras_vae._internal import distribution as _distribution
+from keras_vae._internal.choices import OBJECTIVES
+from keras_vae._internal.seeds import stateless_seed
+from keras_vae._internal.validation import check_positive_int
+from keras_vae._internal.version import VERSION
+from keras_vae._internal.version import check_version
 from keras_vae.layers.priors import StandardNormalPrior
-from keras_vae.models import _distribution
 from keras_vae.models._inputs import InputChecks
-
-
-def _package_version():
-    from keras_vae import __version__
-
-    return __version__
-
-
-OBJECTIVES = ("elbo", "iwae")
-# The most training steps per compiled call that `compile()`'s default
-# ("auto") runs: see VAE.compile and benchmarks/README.md.
-AUTO_STEPS_PER_EXECUTION = 32
-# Which way each logged metric improves, for callbacks in mode "auto".
-METRIC_MODES = {"loss": "min", "kl": "min", "reconstruction": "max", "elbo": "max", "iwae": "max"}
-
-
-def _set_monitor_modes(callbacks):
-    """Gives callbacks that monitor one of the VAE's metrics in mode "auto"
-    (`EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau`) its direction.
-
-    Keras 3.15 infers a direction only for `compile(metrics=...)` metrics,
-    and only at the end of the first epoch (`EarlyStopping("val_elbo")` then
-    raises, after training an epoch), while `ReduceLROnPlateau` takes every
-    metric without "acc" in its name to improve downwards.
-    """
-    for callback in callbacks or ():
-        monitor = getattr(callback, "monitor", None)
-        if getattr(callback, "mode", None) != "auto" or not isinstance(monitor, str):
-            continue
-        mode = METRIC_MODES.get(monitor.removeprefix("val_"))
-        if mode is None:
-            continue
-        callback.mode = mode
-        if isinstance(callback, keras.callbacks.ReduceLROnPlateau):
-            callback._reset()  # it chose its comparison at construction
+from keras_vae.models.training_policy import AUTO_STEPS_PER_EXECUTION  # noqa: F401  (its old home)
+from keras_vae.models.training_policy import TrainingPolicy
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VAE(InputChecks, keras.Model):
+class VAE(TrainingPolicy, InputChecks, keras.Model):
     """Variational auto-encoder trained on the ELBO (or the IWAE bound) with `fit`.
 
     Per example, ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), estimated with
@@ -146,7 +116,7 @@ class VAE(InputChecks, keras.Model):
         super().__init__(**kwargs)
         if objective not in OBJECTIVES:
             raise ValueError(f"Expected objective in {OBJECTIVES}. Received: objective={objective!r}")
-        _dense_stack.check_positive_int("num_samples", num_samples)
+        check_positive_int("num_samples", num_samples)
         if hasattr(prior, "attach_encoder"):
             prior.attach_encoder(encoder)
         latent_dim = getattr(encoder, "latent_dim", None)
@@ -263,8 +233,12 @@ class VAE(InputChecks, keras.Model):
 
     def call(self, inputs, training=False):
         """Reconstruction mean of x: the decoder mean at the posterior mean."""
-        q = self.encoder(self._prepare(inputs), training=training)
-        return self.decoder(q.mean(), training=training).mean()
+        return self.reconstruction_mean(self._prepare(inputs), training=training)
+
+    def reconstruction_mean(self, x, training=False):
+        """The decoder mean at the posterior mean, for prepared x (`call`
+        without its input checks: what the exports compute)."""
+        return self.decoder(self.encoder(x, training=training).mean(), training=training).mean()
 
     def elbo_terms(self, x, training=False, num_samples=1, prepared=False):
         """Per-example ELBO terms, in nats.
@@ -299,6 +273,62 @@ class VAE(InputChecks, keras.Model):
     def elbo(self, x, num_samples=1):
         """Per-example ELBO in nats, shape `[batch]`."""
         return self.elbo_terms(x, num_samples=num_samples)["elbo"]
+
+    def importance_weights(self, x, num_samples, seed):
+        """`(log_w, log_px_given_z)`, `[S, B]`, of S samples z ~ q(z|x) drawn
+        with the stateless `seed` (the evaluator's interface; `x` prepared)."""
+        return objectives.sampled_importance_weights(self, x, num_samples, seed)
+
+    def posterior_summary(self, x, seed):
+        """Per example (`x` prepared): `kl` (KL(q(z|x) || p(z)), analytic or
+        Monte Carlo), `mean` (E_q[z|x]) and `sample` (one z ~ q(z|x))."""
+        return objectives.posterior_summary(self, x, seed)
+
+    # ------------------------------- randomness as an input (what exports compute)
+
+    @property
+    def noise_dim(self):
+        """Width D of the standard-normal noise of one draw of z (= latent_dim)."""
+        return self.latent_dim
+
+    def posterior_sample(self, x, noise, training=False):
+        """`(z, log_q)`: z = loc + scale * noise ~ q(z|x) and log q(z|x), exact for it.
+
+        The importance-sampling contract every keras_vae model answers, with
+        `log_joint`: `keras_vae.objectives.importance_bound_from_noise` and
+        the exports' `posterior_sample` / `log_likelihood` signatures use it.
+
+        Args:
+            x: The prepared batch (`prepare_inputs`), `[B, *event_shape]`.
+            noise: Standard-normal draws, `[B, noise_dim]`.
+        """
+        return objectives.gaussian_sample_from_noise(self.encoder(x, training=training), noise)
+
+    def joint_terms(self, x, z, training=False):
+        """`log_prob` (log p(x|z) + log p(z)) and `log_px_given_z`, `[B]` each."""
+        log_px_given_z = objectives.portable_log_likelihood(self.decoder, z, x, training)
+        log_pz = objectives.portable_log_prob(self.prior.distribution(log_px_given_z.dtype), z)
+        return {"log_prob": log_px_given_z + log_pz, "log_px_given_z": log_px_given_z}
+
+    def log_joint(self, x, z, training=False):
+        """log p(x|z) + log p(z) per example, `[B]` (x prepared, z `[B, noise_dim]`)."""
+        return self.joint_terms(x, z, training)["log_prob"]
+
+    def elbo_terms_from_noise(self, x, noise):
+        """`elbo_terms` of the one draw z = loc + scale * noise: `reconstruction`
+        (log p(x|z)), `kl` (analytic where there is a closed form, else
+        log q(z|x) - log p(z)) and `elbo`, `[B]` each (x prepared)."""
+        q = self.encoder(x, training=False)
+        z, log_q = objectives.gaussian_sample_from_noise(q, noise)
+        reconstruction = objectives.portable_log_likelihood(self.decoder, z, x)
+        kl = objectives.kl_from_sample(q, self.prior.distribution(log_q.dtype), z, log_q)
+        return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+
+    def prior_sample(self, noise, uniform=None):
+        """Codes z ~ p(z) from standard-normal `noise` `[B, noise_dim]` (and,
+        for a mixture prior, `uniform` `[B]` in [0, 1) for the component):
+        see `keras_vae.objectives.prior_sample_from_noise`."""
+        return objectives.prior_sample_from_noise(self.prior.distribution(), noise, uniform)
 
     @property
     def kl_is_analytic(self):
@@ -351,145 +381,8 @@ class VAE(InputChecks, keras.Model):
 
     # ------------------------------------------------------------- training
 
-    def compile(self, optimizer=None, steps_per_execution="auto", jit_compile="auto", **kwargs):
-        """`keras.Model.compile`, with defaults that are fast on CPUs.
-
-        The optimizer defaults to `keras_vae.optimizers.FusedAdam(1e-3)`:
-        Keras's Adam with each variable's update done by one fused kernel
-        (the same arithmetic). Any Keras optimizer can be passed instead. The
-        loss is the model's own (the negative ELBO): do not pass `loss`.
-
-        `steps_per_execution="auto"` (the default) runs up to
-        `AUTO_STEPS_PER_EXECUTION` training steps per call of the compiled
-        function, which saves the per-step cost of Keras's `fit` loop (about
-        a sixth of a step of the benchmark MLP on 2 CPU cores, see
-        benchmarks/README.md): at each `fit`, the largest number up to it
-        that divides `steps_per_epoch` when that is given (Keras runs whole
-        executions, so a number that does not divide it would run extra
-        steps each epoch), and 1 when running eagerly or on several
-        replicas. Callbacks' `on_train_batch_*` then run once per execution.
-        An int is used as given.
-
-        `jit_compile="auto"` (the default) decides by the hardware, as
-        measured by benchmarks/train_throughput.py: on a CPU-only machine XLA
-        where the CPU has AVX2 but no AVX-512 (XLA's code was about 1.2 times
-        faster than oneDNN's kernels there), none with AVX-512 (oneDNN's
-        AVX-512 kernels were faster) or on several replicas; elsewhere
-        Keras's own "auto". The environment variable `KERAS_VAE_AUTO_XLA`
-        ("0" or "1") overrides the choice for CPUs. Under XLA the same seed
-        draws other random numbers (TensorFlow's stateless samplers differ
-        there), so runs with and without it differ by more than rounding.
-        """
-        if optimizer is None:
-            from keras_vae.optimizers import FusedAdam
-
-            optimizer = FusedAdam(learning_rate=1e-3)
-        self._auto_steps_per_execution = steps_per_execution == "auto"
-        if self._auto_steps_per_execution:
-            steps_per_execution = self._steps_per_execution_for(
-                None, run_eagerly=kwargs.get("run_eagerly", False)
-            )
-        self._auto_jit = jit_compile == "auto"
-        if self._auto_jit:
-            jit_compile = self._auto_jit_compile(kwargs.get("run_eagerly", False))
-        super().compile(
-            optimizer=optimizer,
-            steps_per_execution=steps_per_execution,
-            jit_compile=jit_compile,
-            **kwargs,
-        )
-        if self.built:
-            # Its variables now, not inside the first (maybe XLA) step.
-            with _distribution.creation_scope(self):
-                self.optimizer.build(self.trainable_variables)
-
-    def _auto_jit_compile(self, run_eagerly):
-        """What `jit_compile="auto"` means here (see `compile`)."""
-        import os
-
-        from keras_vae import _precision
-
-        if run_eagerly or tf.config.list_physical_devices("GPU"):
-            return "auto"  # Keras decides (no XLA eagerly)
-        if self.distribute_strategy.num_replicas_in_sync > 1:
-            return False
-        override = os.environ.get("KERAS_VAE_AUTO_XLA")
-        if override in ("0", "1"):
-            return override == "1"
-        flags = _precision.cpu_flags() or set()
-        return "avx2" in flags and "avx512f" not in flags
-
-    def _steps_per_execution_for(self, steps_per_epoch, run_eagerly=None):
-        """What `steps_per_execution="auto"` means for a `fit` call."""
-        if run_eagerly is None:
-            run_eagerly = self.run_eagerly
-        if run_eagerly or self.distribute_strategy.num_replicas_in_sync > 1:
-            return 1
-        if not steps_per_epoch:
-            return AUTO_STEPS_PER_EXECUTION
-        return max(d for d in range(1, AUTO_STEPS_PER_EXECUTION + 1) if steps_per_epoch % d == 0)
-
-    def fit(self, *args, steps_per_epoch=None, **kwargs):
-        _set_monitor_modes(kwargs.get("callbacks"))
-        if getattr(self, "_auto_steps_per_execution", False):
-            steps = self._steps_per_execution_for(steps_per_epoch)
-            if steps != self.steps_per_execution:
-                self.steps_per_execution = steps
-                # Keras traced its step loops for the previous number.
-                self.train_function = self.test_function = self.predict_function = None
-        elif steps_per_epoch and steps_per_epoch % self.steps_per_execution:
-            extra = -steps_per_epoch % self.steps_per_execution
-            warnings.warn(
-                f"steps_per_execution={self.steps_per_execution} does not divide "
-                f"steps_per_epoch={steps_per_epoch}: Keras runs whole executions, so "
-                f"each epoch trains {extra} extra step(s) ({steps_per_epoch + extra}). "
-                'compile(steps_per_execution="auto") picks a divisor.',
-                stacklevel=2,
-            )
-        return super().fit(*args, steps_per_epoch=steps_per_epoch, **kwargs)
-
-    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
-        """`keras.Model.export`: the reconstruction mean (`call`) as `serve`.
-
-        Keras infers a subclassed model's input signature from a first
-        `__call__`, which `fit` (whose steps call the encoder and decoder)
-        never makes: here it comes from the built model's event shape. For
-        the package's signatures (`encode`, `decode`, `sample`, `elbo`, ...)
-        and versioned TF Serving directories, use
-        `keras_vae.export.export_for_serving`.
-        """
-        if not self.built or self.input_event_shape is None:
-            raise ValueError(
-                "Expected a built model to export (fit it, call it on data, or "
-                "build it with model.build((None, *event_shape))). Received: an unbuilt model"
-            )
-        if input_signature is None:
-            input_signature = [
-                tf.TensorSpec((None,) + tuple(self.input_event_shape), tf.float32, name="x")
-            ]
-        return super().export(
-            filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
-        )
-
-    def get_compile_config(self):
-        # "auto" is saved as "auto": decided again on the machine that loads it.
-        config = super().get_compile_config()
-        autos = {}
-        if getattr(self, "_auto_steps_per_execution", False):
-            autos["steps_per_execution"] = "auto"
-        if getattr(self, "_auto_jit", False):
-            autos["jit_compile"] = "auto"
-        if config and autos:
-            config = dict(config, **autos)
-            if isinstance(config.get("config"), dict):
-                config["config"] = dict(config["config"], **autos)
-        return config
-
-    def compile_from_config(self, config):
-        # Keras skips compiling a loaded model whose `compile` is overridden;
-        # this one takes Keras's arguments unchanged (and builds the optimizer
-        # of a built model, as Keras does here), so let it compile.
-        self.compile(**keras.saving.deserialize_keras_object(config))
+    # Which way each logged metric improves (callbacks in mode "auto").
+    METRIC_MODES = {"loss": "min", "kl": "min", "reconstruction": "max", "elbo": "max", "iwae": "max"}
 
     def _loss(self, terms):
         loss = -tf.reduce_mean(terms["objective"])
@@ -544,24 +437,6 @@ class VAE(InputChecks, keras.Model):
         ]
         return trackers + ([self.iwae_tracker] if self.iwae_tracker is not None else [])
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3.15 (TF backend) under a distribution strategy averages a
-        # whole input batch across the replicas at the start of `fit` /
-        # `evaluate`, only to build an unbuilt model from its shapes. That
-        # fails for a batch split unevenly between replicas (a last partial
-        # batch, a validation set smaller than the batch: "Inputs to
-        # operation AddN must have the same size and shape") and, across
-        # workers, for uint8 images (collectives take no uint8). A built
-        # VAE needs nothing from the data: build only the optimizer.
-        distributed = getattr(self, "_distribute_strategy", None) is not None
-        if not (distributed and all(layer.built for layer in self._flatten_layers())):
-            super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        if self.built and self.optimizer is not None and not self.optimizer.built:
-            # Its variables now: created inside the first step, they could not
-            # be lifted out of an XLA-compiled one (jit_compile=True).
-            with _distribution.creation_scope(self):
-                self.optimizer.build(self.trainable_variables)
-
     # ------------------------------------------------------------- saving
 
     def get_config(self):
@@ -577,13 +452,11 @@ class VAE(InputChecks, keras.Model):
             "objective": self.objective,
             "num_samples": self.num_samples,
             "validate_inputs": self.validate_inputs,
-            "keras_vae_version": _package_version(),
+            "keras_vae_version": VERSION,
         }
 
     @classmethod
     def from_config(cls, config):
-        from keras_vae.saving import check_version
-
         config = dict(config)
         check_version(config.pop("keras_vae_version", None), what="This VAE config")
         for key in ("encoder", "decoder", "prior"):

@@ -1,7 +1,7 @@
-"""tf.distribute arithmetic and Keras 3.15 workarounds of the VAE's steps.
+"""tf.distribute arithmetic and the Keras 3.15 workarounds around it.
 
-Private to `keras_vae.models`: the model's step calls these; the strategies
-themselves are made in `keras_vae.distribute` (which builds on this module).
+The models' steps call these; the strategies themselves are made in
+`keras_vae.distribute`, which uses `in_multi_worker_mode` too.
 """
 
 import contextlib
