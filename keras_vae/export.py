@@ -119,6 +119,8 @@ __all__ = [
     "DESCRIPTION_FILE",
     "DESCRIPTION_FORMAT",
     "LEGACY_SIGNATURES",
+    "WARMUP_FILE",
+    "warmup_inputs",
     "SIGNATURES",
     "build_archive",
     "describe",
@@ -129,6 +131,8 @@ __all__ = [
 
 # The model's description, relative to a version directory.
 DESCRIPTION_FILE = os.path.join("assets", "keras_vae.json")
+# TF Serving's warmup requests (its SavedModel warmup guide), relative to a version.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DESCRIPTION_FORMAT = 2
 _VERSION = re.compile(r"^[0-9]+$")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -374,8 +378,10 @@ def export_for_serving(model, base_dir, version=None, verbose=False):
         verbose: Print the signatures.
 
     Returns:
-        The path of the new version directory. It holds the SavedModel and
-        the model's description, `assets/keras_vae.json` (`describe(model)`).
+        The path of the new version directory. It holds the SavedModel, the
+        model's description, `assets/keras_vae.json` (`describe(model)`), and
+        TF Serving's warmup requests, `assets.extra/tf_serving_warmup_requests`
+        (one `PredictionLog` per signature, `warmup_inputs(model)`).
 
     Raises:
         ValueError: unbuilt model, invalid version, or a version that exists.
@@ -407,6 +413,7 @@ def export_for_serving(model, base_dir, version=None, verbose=False):
     try:
         archive.write_out(staging, verbose=verbose)
         _write_description(staging, description)
+        _write_warmup(staging, model)
         # mkdtemp made the directory 0o700: give the export the modes the
         # umask gives new files, so a TF Serving running as another user
         # reads it (0o755 / 0o644 under the usual umask 022).
@@ -416,6 +423,49 @@ def export_for_serving(model, base_dir, version=None, verbose=False):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def warmup_inputs(model, batch=1):
+    """`{signature: {input: array}}`: one request per signature, `batch` rows
+    of valid inputs (images of 0.5, codes and noise of 0, uniforms of 0.5;
+    `log_likelihood` with k = 2), what the export's warmup file sends."""
+    event, latent_dim, noise_dim = list(model.input_event_shape), model.latent_dim, model.noise_dim
+    x = np.full([batch] + event, 0.5, np.float32)
+    z, noise = np.zeros([batch, latent_dim], np.float32), np.zeros([batch, noise_dim], np.float32)
+    sample = {"noise": noise}
+    if needs_uniform(model):
+        sample["uniform"] = np.full([batch], 0.5, np.float32)
+    return {
+        "serving_default": {"x": x},
+        "embed": {"x": x},
+        "encode": {"x": x, "noise": z},
+        "decode": {"z": z},
+        "prior_log_prob": {"z": z},
+        "elbo": {"x": x, "noise": noise},
+        "sample": sample,
+        "posterior_sample": {"x": x, "noise": noise},
+        "log_joint": {"x": x, "z": noise},
+        "log_likelihood": {"x": x, "noise": np.zeros([batch, 2, noise_dim], np.float32)},
+    }
+
+
+def _write_warmup(path, model):
+    """Writes `path/WARMUP_FILE`: a TFRecord of `PredictionLog`s, one
+    `PredictRequest` per signature (TF Serving runs them at load, so the
+    first real request does not pay for graph initialization)."""
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    filename = os.path.join(path, WARMUP_FILE)
+    os.makedirs(os.path.dirname(filename), exist_ok=True)
+    with tf.io.TFRecordWriter(filename) as writer:
+        for signature, inputs in warmup_inputs(model).items():
+            request = predict_pb2.PredictRequest()
+            request.model_spec.signature_name = signature
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
 
 
 def _write_description(path, description):

@@ -1113,3 +1113,24 @@ def test_a_decoder_not_from_keras_vae_is_described_by_its_distribution():
         "registered_name": keras.saving.get_registered_name(_UnitNormalDecoder),
         "custom_network": None,
     }
+
+
+def test_warmup_records_parse_and_answer_through_a_graph_session(case):
+    """assets.extra/tf_serving_warmup_requests: a TFRecord of PredictionLog
+    (at most 1000 records, as TF Serving's warmup guide allows), one
+    PredictRequest per signature, each answered by TF Serving's loader path
+    with finite outputs."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    filename = os.path.join(case.path, export.WARMUP_FILE)
+    records = list(tf.data.TFRecordDataset(filename).as_numpy_iterator())
+    assert 0 < len(records) <= 1000
+    seen = set()
+    for record in records:
+        log = prediction_log_pb2.PredictionLog.FromString(record)
+        request = log.predict_log.request
+        inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+        outputs = case.graph.run_raw(request.model_spec.signature_name, **inputs)
+        assert all(np.all(np.isfinite(v)) for v in outputs.values()), request.model_spec.signature_name
+        seen.add(request.model_spec.signature_name)
+    assert seen == set(export.SIGNATURES)

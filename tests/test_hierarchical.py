@@ -268,3 +268,38 @@ def test_bad_constructions_are_refused_with_what_was_expected():
             [GaussianEncoder(3), GaussianEncoder(2)], [GaussianEncoder(2)], BernoulliDecoder((5, 5, 1)),
             input_shape=(None, 4, 4, 1),
         )
+
+
+def test_auto_jit_compile_keeps_xla_off_even_where_the_vae_would_get_it(monkeypatch):
+    # XLA compiled this model's step for minutes on an AVX2 CPU: "auto"
+    # never chooses it for HierarchicalVAE, whatever the CPU or override.
+    monkeypatch.setenv("KERAS_VAE_AUTO_XLA", "1")
+    hvae = _tiny()
+    hvae.compile()
+    assert hvae.jit_compile is False
+    vae = keras_vae.VAE(GaussianEncoder(2, hidden_units=(4,)), BernoulliDecoder((4, 4, 1), hidden_units=(4,)))
+    vae.compile()
+    assert vae.jit_compile is True
+
+
+def test_noise_driven_chain_is_the_seeded_chains_arithmetic():
+    """`elbo_terms_from_noise` and `posterior_sample` (what exports compute)
+    against the explicit densities of the chain drawn with that noise."""
+    hvae = _tiny()
+    x = tf.constant(_images())
+    noise = np.random.default_rng(3).standard_normal((6, hvae.noise_dim)).astype("float32")
+    z, log_q = hvae.posterior_sample(x, noise)
+    top, low = np.split(noise, [hvae.latent_dims[0]], axis=-1)
+    loc2, scale2 = _params(hvae.encoders[0](x))
+    z2 = loc2 + scale2 * top
+    x_flat = tf.reshape(x, [6, -1])
+    loc1, scale1 = _params(hvae.encoders[1](tf.concat([x_flat, tf.constant(z2)], -1)))
+    z1 = loc1 + scale1 * low
+    np.testing.assert_allclose(z.numpy(), np.concatenate([z2, z1], -1), rtol=1e-6, atol=1e-6)
+    expected_log_q = _normal_log_pdf(z2, loc2, scale2) + _normal_log_pdf(z1, loc1, scale1)
+    np.testing.assert_allclose(log_q.numpy(), expected_log_q, rtol=1e-5, atol=1e-4)
+    terms = hvae.elbo_terms_from_noise(x, noise)
+    lp1, sp1 = _params(hvae.conditional_priors[0](tf.constant(z2)))
+    np.testing.assert_allclose(terms["kl_1"].numpy(), _gaussian_kl(loc1, scale1, lp1, sp1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(terms["kl_2"].numpy(), _gaussian_kl(loc2, scale2, 0.0, 1.0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(terms["elbo"].numpy(), (terms["reconstruction"] - terms["kl"]).numpy(), rtol=1e-6, atol=1e-4)

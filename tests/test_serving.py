@@ -659,3 +659,27 @@ def test_serving_client_main(served, rest_server, grpc_target, capsys):
     assert "logits: shape=(3, 28, 28, 1)" in printed
     with pytest.raises(SystemExit):
         tool.main(["--rest", "nohostport", "--signature", "encode"])
+
+
+def test_batching_parameters_file_holds_batching_parameters():
+    """serving/batching_parameters.txt in the text format of TF Serving's
+    `BatchingParameters` (the proto is not in the pip package: its fields,
+    as session_bundle_config.proto declares them, are checked by name)."""
+    import re
+
+    known = {"max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
+             "thread_pool_name", "allowed_batch_sizes", "pad_variable_length_inputs"}
+    values = {}
+    with open(os.path.join(ROOT, "serving", "batching_parameters.txt")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            wrapped = re.fullmatch(r"(\w+) \{ value: (\d+) \}", line)
+            plain = re.fullmatch(r"(\w+): (true|false)", line)
+            assert wrapped or plain, line
+            name, value = (wrapped or plain).groups()
+            assert name in known, name
+            values[name] = int(value) if wrapped else value
+    assert values["max_batch_size"] > 0 and values["batch_timeout_micros"] > 0
+    assert values["num_batch_threads"] >= 1
