@@ -49,10 +49,38 @@ def session(request):
 
 
 def _run(session, signature, **inputs):
+    """Runs `signature`, adding the randomness an export of today's
+    signatures takes as inputs (standard-normal `noise`, `uniform` in
+    [0, 1), seeded) where the signature declares them."""
     sess, meta, _ = session
     sig = meta.signature_def[signature]
+    rng = np.random.default_rng(11)
+    first = next(iter(inputs.values()))
+    rows = len(first) if np.ndim(first) else 3
+    for name, info in sig.inputs.items():
+        if name in inputs:
+            continue
+        shape = [d.size for d in info.tensor_shape.dim]
+        if name == "noise":
+            inputs[name] = rng.standard_normal([rows] + shape[1:]).astype("float32")
+        elif name == "uniform":
+            inputs[name] = rng.random(rows).astype("float32")
     feeds = {sig.inputs[k].name: v for k, v in inputs.items()}
     return sess.run({k: v.name for k, v in sig.outputs.items()}, feeds)
+
+
+def _sample(session, n):
+    """`n` images from `sample`: a count for exports written before keras_vae
+    0.3, noise (and uniforms) per image after."""
+    _, meta, _ = session
+    if "num" in meta.signature_def["sample"].inputs:
+        return _run(session, "sample", num=np.int32(n))["mean"]
+    noise = np.random.default_rng(12).standard_normal((n, _noise_dim(session))).astype("float32")
+    return _run(session, "sample", noise=noise)["mean"]
+
+
+def _noise_dim(session):
+    return session[1].signature_def["sample"].inputs["noise"].tensor_shape.dim[-1].size
 
 
 def _images(n):
@@ -82,7 +110,14 @@ def test_shipped_export_signatures_agree_with_each_other(session):
     # most 1/4, so the means agree at least as well.
     served = _run(session, "serving_default", x=x)["mean"]
     logit_atol = float32_atol(decoded["logits"])
-    np.testing.assert_allclose(served, decoded["mean"], rtol=0, atol=logit_atol)
+    description = _description(version)
+    if description is None or description.get("model", "VAE") == "VAE":
+        # (A hierarchical model's serving_default decodes the chain of
+        # posterior means of all layers; its decode completes the top code
+        # with the conditional priors' means: another z.)
+        np.testing.assert_allclose(served, decoded["mean"], rtol=0, atol=logit_atol)
+    else:
+        assert served.shape == decoded["mean"].shape and 0 <= served.min() and served.max() <= 1
     # The same logits through TF's sigmoid and NumPy's: a few roundings of 1.
     expit = np.exp(-np.logaddexp(0.0, -decoded["logits"].astype("float64")))
     np.testing.assert_allclose(decoded["mean"], expit, rtol=0, atol=float32_atol(1.0))
@@ -93,7 +128,7 @@ def test_shipped_export_signatures_agree_with_each_other(session):
     else:
         # A learned prior: a density, the same for the same code.
         assert np.all(np.isfinite(log_prob)) and log_prob[0] == log_prob[1]
-    sample = _run(session, "sample", num=np.int32(3))["mean"]
+    sample = _sample(session, 3)
     assert sample.shape == (3, 28, 28, 1) and 0 <= sample.min() and sample.max() <= 1
     terms = _run(session, "elbo", x=x)
     np.testing.assert_allclose(terms["elbo"], terms["reconstruction"] - terms["kl"], rtol=0, atol=float32_atol(terms["reconstruction"]))
@@ -106,7 +141,10 @@ def test_shipped_export_reproduces_its_recorded_validation_elbo(session):
         pytest.skip("binarized_mnist is not prepared on this machine")
     from keras_vae import data
 
-    with open(os.path.join(BASE, f"evaluation-v{version}-validation.json")) as f:
+    record = os.path.join(BASE, f"evaluation-v{version}-validation.json")
+    if not os.path.exists(record):
+        pytest.skip(f"version {version} has no recorded validation evaluation ({record})")
+    with open(record) as f:
         recorded = json.load(f)["splits"]["validation"]
     elbos, kls = [], []
     for batch in data.load("binarized_mnist", "validation", batch_size=1000, shuffle=False, data_dir=data_dir):
