@@ -13,6 +13,7 @@ from keras_vae._internal.choices import ARCHITECTURES
 from keras_vae._internal.choices import PRIORS
 from keras_vae.layers import BernoulliDecoder
 from keras_vae.layers import GaussianEncoder
+from keras_vae.layers import IAFEncoder
 from keras_vae.layers import MixtureOfGaussiansPrior
 from keras_vae.layers import StandardNormalPrior
 from keras_vae.layers import VampPrior
@@ -26,6 +27,7 @@ __all__ = [
     "make_decoder",
     "make_encoder",
     "make_hierarchy",
+    "with_flow",
 ]
 
 
@@ -111,6 +113,15 @@ def make_encoder(architecture, latent_dim, hidden_units, event_shape):
         network = conv_encoder_network(hidden_units, dense_units=4 * hidden_units[-1])
         return GaussianEncoder(latent_dim, network=network, name="encoder")
     return _mlp_encoder(architecture, latent_dim, hidden_units, "encoder")
+
+
+def with_flow(encoder, flow_steps, flow_hidden_units=(320, 320)):
+    """`encoder` followed by `flow_steps` inverse autoregressive flow steps
+    (`keras_vae.layers.IAFEncoder`, named `<encoder>_iaf`); `encoder` itself
+    when `flow_steps` is 0."""
+    if not flow_steps:
+        return encoder
+    return IAFEncoder(encoder, num_steps=flow_steps, hidden_units=flow_hidden_units, name=f"{encoder.name}_iaf")
 
 
 def make_decoder(architecture, hidden_units, event_shape):

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae import objectives
 from keras_vae._internal.grid import tile
 from keras_vae._internal.validation import is_int
 from keras_vae.backup import BackupError
@@ -197,7 +198,7 @@ class TensorBoardImages(keras.callbacks.Callback):
       (`model.sample(num_samples, seed=seed).mean()`), tiled in a square
       grid. The same draw at every epoch: frames differ only by what the
       model learned (with a learned prior, the prior itself moves too).
-    - Projector tab: the posterior means E_q[z|x] (`model.encode(x).mean()`)
+    - Projector tab: the posterior means E_q[z|x] (`model.encode(x).mean()`; for a flow posterior the code at zero noise)
       of the first `projector_examples` images, shown with those images as
       thumbnails (`sprite.png`) and, when `labels` are given, labelled by
       them (`metadata.tsv`, one label a line in the order of `images`). The
@@ -387,7 +388,7 @@ class TensorBoardImages(keras.callbacks.Callback):
                     f.write("".join(f"{label}\n" for label in self.labels[: len(x)]))
             self._sprite_written = True
 
-        means = tf.cast(self.model.encode(x).mean(), tf.float32)
+        means = tf.cast(objectives.posterior_location(self.model.encode(x)), tf.float32)
         tensor_name = f"latent_means_step_{step}"
         checkpoint = f"latent_means-{step}"
         # A tensor bundle without a variable: creating a variable under a

@@ -53,7 +53,7 @@ __all__ = [
 # between the sessions of a run.
 STRUCTURE_FIELDS = (
     "architecture", "hidden_units", "latent_dim", "latent_layers", "prior", "prior_components",
-    "lr_halve_every", "objective",
+    "lr_halve_every", "objective", "flow_steps", "flow_hidden_units",
 )  # fmt: skip
 
 
@@ -103,7 +103,8 @@ def structure_differences(previous, config):
     Compares the `STRUCTURE_FIELDS` only: `prior_components` where both
     priors are learned ones (the standard normal has no components), and of
     `lr_halve_every` only whether it is 0 (a constant learning rate is an
-    optimizer variable; a schedule has none).
+    optimizer variable; a schedule has none), and `flow_hidden_units` where
+    both have a flow.
 
     Args:
         previous: The config a run was trained with: a dict as in its
@@ -124,16 +125,19 @@ def structure_differences(previous, config):
         previous = dataclasses.asdict(previous)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     old = {name: previous.get(name, defaults[name]) for name in STRUCTURE_FIELDS}
-    try:
-        old["hidden_units"] = int_tuple(old["hidden_units"])
-    except ValueError:
-        pass  # an unreadable value differs from any valid one
+    for name in ("hidden_units", "flow_hidden_units"):
+        try:
+            old[name] = int_tuple(old[name])
+        except ValueError:
+            pass  # an unreadable value differs from any valid one
     new = {name: getattr(config, name) for name in STRUCTURE_FIELDS}
     learned = old["prior"] != "standard" and new["prior"] != "standard"
     differences = []
     for name in STRUCTURE_FIELDS:
         if name == "prior_components" and not learned:
             continue
+        if name == "flow_hidden_units" and not (old["flow_steps"] and new["flow_steps"]):
+            continue  # no flow on one side: flow_steps differs, or neither has one
         if name == "lr_halve_every":
             if bool(old[name]) == bool(new[name]):
                 continue
@@ -189,6 +193,14 @@ class TrainConfig:
         "stochastic layers: 1, a VAE; L >= 2, a hierarchical VAE (keras_vae.HierarchicalVAE: "
         "q(z_L|x), q(z_l|x, z_l+1), p(z_l|z_l+1), p(x|z_1..z_L), each network as "
         "--architecture and --hidden-units say; --prior on the top layer; mlp or gated only)",
+    )
+    flow_steps: int = _option(
+        0,
+        "inverse autoregressive flow steps on q(z|x) (keras_vae.layers.IAFEncoder, Kingma et "
+        "al. 2016; on every layer's q with --latent-layers >= 2); 0: a diagonal Gaussian q",
+    )
+    flow_hidden_units: tuple = _option(
+        (320, 320), "hidden widths of each flow step's MADE, comma-separated", type=int_tuple
     )
     beta: float = _option(1.0, "final weight of the KL term (1: the ELBO)")
     prior: str = _option(
@@ -277,6 +289,7 @@ class TrainConfig:
                 f"Received: architecture={self.architecture!r}"
             )
         self.hidden_units = int_tuple(self.hidden_units)
+        self.flow_hidden_units = int_tuple(self.flow_hidden_units)
         for name, choices in (
             ("prior", PRIORS), ("objective", OBJECTIVES), ("dtype_policy", DTYPE_POLICIES)
         ):  # fmt: skip
@@ -300,7 +313,7 @@ class TrainConfig:
                 )
         for name in (
             "warmup_epochs", "lr_halve_every", "patience", "backup_every",
-            "tensorboard_images_every",
+            "tensorboard_images_every", "flow_steps",
         ):  # fmt: skip
             value = getattr(self, name)
             if value is None and name == "warmup_epochs":

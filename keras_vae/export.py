@@ -284,6 +284,12 @@ def _masked(outputs, invalid):
     return masked
 
 
+def _embedding(q):
+    """`loc` (E_q[z|x]; for a flow posterior the code at zero noise) and
+    `scale` (q's standard deviations; for a flow, its base Gaussian's)."""
+    return {"loc": objectives.posterior_location(q), "scale": objectives.gaussian_base(q).stddev()}
+
+
 def build_archive(model):
     """A `keras.export.ExportArchive` with the signatures listed above.
 
@@ -309,13 +315,13 @@ def build_archive(model):
     def embed(x):
         x, invalid = _portable_input(model, x)
         q = model.encoder(x, training=False)
-        return _masked({"loc": q.mean(), "scale": q.stddev()}, invalid)
+        return _masked(_embedding(q), invalid)
 
     def encode(x, noise):
         x, invalid = _portable_input(model, x)
         q = model.encoder(x, training=False)
-        z, _ = objectives.gaussian_sample_from_noise(q, noise)
-        return _masked({"loc": q.mean(), "scale": q.stddev(), "z": z}, invalid)
+        z, _ = objectives.posterior_sample_from_noise(q, noise)
+        return _masked({**_embedding(q), "z": z}, invalid)
 
     def decode(z):
         return {k: tf.cast(v, tf.float32) for k, v in _decoder_outputs(model.decode(z)).items()}

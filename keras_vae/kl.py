@@ -72,7 +72,7 @@ def diagonal_gaussian_kl(loc_q, scale_q, loc_p, scale_p):
     return tf.reduce_sum(per_dim, axis=-1)
 
 
-def monte_carlo_kl(q, p, num_samples=1, seed=None, z=None):
+def monte_carlo_kl(q, p, num_samples=1, seed=None, z=None, log_q=None):
     """Monte Carlo estimate of KL(q || p) = E_q[log q(z) - log p(z)].
 
     Args:
@@ -83,6 +83,9 @@ def monte_carlo_kl(q, p, num_samples=1, seed=None, z=None):
         z: Optional samples from `q` of shape `[num_samples, B, ...]` or
             `[B, ...]`; reusing the samples of the reconstruction term keeps
             the ELBO estimate consistent with its terms.
+        log_q: Optional log q(z) of the given `z` (a flow posterior computes
+            it with the sample, in one pass, where `q.log_prob(z)` would
+            invert the flow).
 
     Returns:
         Tensor of shape `[B]`. For a posterior that is not reparameterized,
@@ -91,7 +94,9 @@ def monte_carlo_kl(q, p, num_samples=1, seed=None, z=None):
     """
     if z is None:
         z = q.sample(num_samples, seed=seed)
-    log_q = q.log_prob(z)
+        log_q = None
+    if log_q is None:
+        log_q = q.log_prob(z)
     log_ratio = log_q - p.log_prob(z)
     if q.reparameterization_type != tfd.FULLY_REPARAMETERIZED:
         # No gradient flows through the samples: add the score-function term,
@@ -124,7 +129,7 @@ def analytic_kl(q, p):
         return None
 
 
-def kl_divergence(q, p, z=None, seed=None, num_samples=1):
+def kl_divergence(q, p, z=None, seed=None, num_samples=1, log_q=None):
     """KL(q || p): analytic where TFP registers it, else Monte Carlo.
 
     Args:
@@ -133,6 +138,7 @@ def kl_divergence(q, p, z=None, seed=None, num_samples=1):
         z: Optional samples of `q` for the Monte Carlo fallback.
         seed: Seed for the fallback's samples when `z` is None.
         num_samples: Fallback samples when `z` is None.
+        log_q: Optional log q(z) of the given `z` (see `monte_carlo_kl`).
 
     Returns:
         Tensor of shape `[B]`, in nats.
@@ -147,4 +153,4 @@ def kl_divergence(q, p, z=None, seed=None, num_samples=1):
     kl = analytic_kl(q, p)
     if kl is not None:
         return kl
-    return monte_carlo_kl(q, p, num_samples=num_samples, seed=seed, z=z)
+    return monte_carlo_kl(q, p, num_samples=num_samples, seed=seed, z=z, log_q=log_q)

@@ -17,6 +17,11 @@
   mixture of diagonal Gaussians from noise and a uniform for the component)
   and `importance_bound_from_noise` (the IWAE bound of k noise draws, from a
   model's `posterior_sample` and `log_joint`).
+* Posteriors beyond the diagonal Gaussian (a flow, `keras_vae.layers.IAFEncoder`):
+  `sample_and_log_prob` (samples and their exact log q in one pass),
+  `posterior_sample_from_noise`, `posterior_location` (the code at zero
+  noise) and `gaussian_base`; every model path that samples q goes
+  through them, so a flow posterior works wherever a Gaussian does.
 """
 
 import math
@@ -36,6 +41,7 @@ tfd = tfp.distributions
 __all__ = [
     "decoder_log_likelihood",
     "diagonal_gaussian_log_prob",
+    "gaussian_base",
     "gaussian_sample_from_noise",
     "importance_bound_from_noise",
     "is_diagonal_gaussian",
@@ -46,8 +52,11 @@ __all__ = [
     "loss_formula",
     "portable_log_likelihood",
     "portable_log_prob",
+    "posterior_location",
+    "posterior_sample_from_noise",
     "posterior_summary",
     "prior_sample_from_noise",
+    "sample_and_log_prob",
     "sampled_importance_weights",
 ]
 
@@ -126,7 +135,7 @@ def decoder_log_likelihood(decoder, flat_z, x, num_samples, training=False):
     return tf.reshape(p.log_prob(x_tiled), [num_samples, batch])
 
 
-def log_importance_weights(model, x, q, z, training=False, prior=None):
+def log_importance_weights(model, x, q, z, training=False, prior=None, log_q=None):
     """log p(x|z) + log p(z) - log q(z|x) for samples `z` of shape `[S, B, L]`.
 
     Args:
@@ -137,6 +146,8 @@ def log_importance_weights(model, x, q, z, training=False, prior=None):
         training: Passed to the decoder.
         prior: p(z) as a distribution, if the caller has it already (a
             learned prior costs work to build); else `model.prior.distribution()`.
+        log_q: log q(z|x) of `z`, `[S, B]`, if the caller has it (from
+            `sample_and_log_prob`); else `q.log_prob(z)`.
 
     Returns:
         A tuple `(log_w, log_px_given_z)` of `[S, B]` tensors.
@@ -146,7 +157,7 @@ def log_importance_weights(model, x, q, z, training=False, prior=None):
     if prior is None:
         prior = model.prior.distribution(z.dtype)
     log_pz = prior.log_prob(z)
-    log_qz = q.log_prob(z)
+    log_qz = q.log_prob(z) if log_q is None else log_q
     return log_px_given_z + log_pz - log_qz, log_px_given_z
 
 
@@ -155,17 +166,86 @@ def sampled_importance_weights(model, x, num_samples, seed):
     the stateless `seed`, for a model with one latent layer (`encoder`,
     `decoder`, `prior`): what the evaluator asks of a `VAE` or an export."""
     q = model.encoder(x, training=False)
-    return log_importance_weights(model, x, q, q.sample(num_samples, seed=seed))
+    z, log_q = sample_and_log_prob(q, num_samples, seed)
+    return log_importance_weights(model, x, q, z, log_q=log_q)
 
 
 def posterior_summary(model, x, seed):
     """Per example of a one-latent-layer model: `kl` (KL(q(z|x) || p(z)),
     analytic or Monte Carlo on the sample), `mean` (E_q[z|x]) and `sample`
-    (one z ~ q(z|x) drawn with the stateless `seed`)."""
+    (one z ~ q(z|x) drawn with the stateless `seed`); for a flow posterior
+    `mean` is `posterior_location`, the code at zero noise."""
     q = model.encoder(x, training=False)
-    sample = q.sample(seed=seed)
-    kl = kl_lib.kl_divergence(q, model.prior.distribution(x.dtype), z=sample[tf.newaxis])
-    return {"kl": kl, "mean": q.mean(), "sample": sample}
+    sample, log_q = sample_and_log_prob(q, seed=seed)
+    kl = kl_lib.kl_divergence(
+        q, model.prior.distribution(x.dtype), z=sample[tf.newaxis], log_q=log_q[tf.newaxis]
+    )
+    return {"kl": kl, "mean": posterior_location(q), "sample": sample}
+
+
+# ---------------------------------------------------------------- posteriors
+
+
+def _flow(q):
+    """The flow of a flow posterior (`keras_vae.layers.IAFEncoder`'s
+    `TransformedDistribution`: a bijector with `forward_and_log_det`), else None."""
+    # TFP makes a `_TransformedDistribution` (not a subclass of the public
+    # class) when the bijector is not a composite tensor, as this one is not.
+    bijector = getattr(q, "bijector", None)
+    if hasattr(bijector, "forward_and_log_det") and hasattr(q, "distribution"):
+        return bijector
+    return None
+
+
+def gaussian_base(q):
+    """The diagonal Gaussian under a flow posterior (its q0(z|x)), or q itself."""
+    return q.distribution if _flow(q) is not None else q
+
+
+def sample_and_log_prob(q, num_samples=None, seed=None):
+    """`(z, log_q)`: samples of q and log q(z), exact for them.
+
+    For a flow posterior z = f(y), y ~ q0, and log q(z) = log q0(y) -
+    log |det df/dy| from the same pass over the flow's networks (its
+    `log_prob` of an arbitrary z would invert the flow); for other
+    distributions `q.sample` then `q.log_prob`.
+
+    Args:
+        q: The posterior, batch `[B]`, event `[D]`.
+        num_samples: None for one draw (`[B, D]`, `[B]`), or S
+            (`[S, B, D]`, `[S, B]`).
+        seed: A stateless seed.
+    """
+    shape = [] if num_samples is None else [num_samples]
+    flow = _flow(q)
+    if flow is None:
+        z = q.sample(shape, seed=seed)
+        return z, q.log_prob(z)
+    y, log_q0 = q.distribution.experimental_sample_and_log_prob(shape, seed=seed)
+    z, log_det = flow.forward_and_log_det(y)
+    return z, log_q0 - log_det
+
+
+def posterior_sample_from_noise(q, noise):
+    """`(z, log_q)` of the draw of q made from standard-normal `noise` `[B, D]`:
+    `gaussian_sample_from_noise` for a diagonal Gaussian, then (for a flow
+    posterior) the flow and the change of variables. Ops every runtime has."""
+    flow = _flow(q)
+    y, log_q = gaussian_sample_from_noise(gaussian_base(q), noise)
+    if flow is None:
+        return y, log_q
+    z, log_det = flow.forward_and_log_det(y)
+    return z, log_q - log_det
+
+
+def posterior_location(q):
+    """A deterministic code for x: E_q[z|x] for a Gaussian q; for a flow
+    posterior (no closed-form mean) the flow's image of q0's mean, the code
+    at zero noise. Embeddings, reconstructions and `serving_default` use it."""
+    flow = _flow(q)
+    if flow is None:
+        return q.mean()
+    return flow.forward_and_log_det(q.distribution.mean())[0]
 
 
 def iwae_bound(log_w):

@@ -93,7 +93,7 @@ def plot_samples(model, path, num_samples=64, seed=0):
 def plot_latent_space(model, x, path, labels=None):
     """Posterior means E_q[z|x] in 2-D (the first two principal components
     when latent_dim > 2), coloured by label when labels are given."""
-    means = model.encode(x).mean().numpy().astype(np.float64)
+    means = objectives.posterior_location(model.encode(x)).numpy().astype(np.float64)
     if means.shape[1] > 2:
         centred = means - means.mean(axis=0)
         _, s, vt = np.linalg.svd(centred, full_matrices=False)
@@ -211,7 +211,7 @@ def latent_traversals(model, x, num_dims=10, num_steps=9, span=3.0, index=0):
     x = np.asarray(x)
     if not 0 <= index < len(x):
         raise ValueError(f"Expected 0 <= index < {len(x)} (the number of images). Received: index={index}")
-    means = model.encode(x).mean().numpy()
+    means = objectives.posterior_location(model.encode(x)).numpy()
     num_active, activity = evaluation.active_units(means)
     dims = np.argsort(-activity, kind="stable")[:num_dims]
     offsets = np.linspace(-span, span, num_steps)
@@ -323,8 +323,8 @@ def latent_interpolations(model, x_a, x_b, num_steps=8, spherical=False):
         raise ValueError(
             f"Expected x_a and x_b of the same shape. Received: x_a.shape={x_a.shape}, x_b.shape={x_b.shape}"
         )
-    z_a = model.encode(x_a).mean().numpy()
-    z_b = model.encode(x_b).mean().numpy()
+    z_a = objectives.posterior_location(model.encode(x_a)).numpy()
+    z_b = objectives.posterior_location(model.encode(x_b)).numpy()
     weights = np.linspace(0.0, 1.0, num_steps)
     a, b = z_a.astype(np.float64), z_b.astype(np.float64)
     if spherical:

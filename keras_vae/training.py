@@ -71,7 +71,9 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
     in the VampPrior paper); "conv": strided Conv2D / Conv2DTranspose
     networks whose filters are `hidden_units` (see `keras_vae.architectures`).
     The decoder mirrors the encoder. `latent_layers` >= 2 gives a
-    `keras_vae.HierarchicalVAE` (`keras_vae.architectures.make_hierarchy`).
+    `keras_vae.HierarchicalVAE` (`keras_vae.architectures.make_hierarchy`);
+    `flow_steps` > 0 puts an inverse autoregressive flow on every q
+    (`keras_vae.architectures.with_flow`).
 
     Every layer is made under `config.dtype_policy` (and saved with it):
     with "mixed_bfloat16" the networks compute in bfloat16 with float32
@@ -82,6 +84,10 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
     """
     event_shape = tuple(input_shape[1:])
     precision.check_bfloat16_support(config.dtype_policy)
+
+    def flow(encoder):
+        return architectures.with_flow(encoder, config.flow_steps, config.flow_hidden_units)
+
     with precision.dtype_policy_scope(config.dtype_policy):
         common = {
             "prior": architectures.make_prior(
@@ -94,12 +100,13 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
             "input_shape": input_shape,
         }
         if config.latent_layers > 1:
-            layers = architectures.make_hierarchy(
+            encoders, conditional_priors, decoder = architectures.make_hierarchy(
                 config.architecture, config.latent_dim, config.latent_layers, config.hidden_units, event_shape
             )
-            return HierarchicalVAE(*layers, name="hvae", **common)
+            encoders = [flow(e) for e in encoders]
+            return HierarchicalVAE(encoders, conditional_priors, decoder, name="hvae", **common)
         return VAE(
-            architectures.make_encoder(config.architecture, config.latent_dim, config.hidden_units, event_shape),
+            flow(architectures.make_encoder(config.architecture, config.latent_dim, config.hidden_units, event_shape)),
             architectures.make_decoder(config.architecture, config.hidden_units, event_shape),
             name="vae",
             **common,

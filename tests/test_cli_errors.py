@@ -11,6 +11,7 @@ says how to load one, and the examples of `--help` that are the README's
 commands are the README's commands.
 """
 
+import glob
 import importlib.util
 import json
 import os
@@ -293,17 +294,20 @@ def _commands(lines):
 
 
 def _readme_commands():
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
+    """The shell commands of the README and its guides (docs/*.md)."""
     commands = set()
-    for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", readme, flags=re.S):
-        commands.update(_commands(block.splitlines()))
+    for path in [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
+        with open(path) as f:
+            text = f.read()
+        for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
+            commands.update(_commands(block.splitlines()))
     return commands
 
 
 def _claimed_readme_examples(help_text):
     """The commands of the indented block after each paragraph of `help_text`
-    that says it is the README's ("Example (the README's main job):")."""
+    that says it is the README's or a guide's ("Example (the README's main
+    job):", "Example (the sweep of docs/looking_inside.md):")."""
     examples, paragraph, block = [], [], None
     for line in help_text.splitlines() + [""]:
         if block is not None:
@@ -315,7 +319,8 @@ def _claimed_readme_examples(help_text):
         if line.strip() and not line.startswith(" "):
             paragraph.append(line)
         elif not line.strip() and paragraph:
-            if "README's" in " ".join(paragraph):
+            claim = " ".join(paragraph)
+            if "README's" in claim or re.search(r"\bof docs/\w+\.md\b", claim):
                 block = []
             paragraph = []
     return examples

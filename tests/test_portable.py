@@ -27,18 +27,20 @@ EVENT = (28, 28, 1)
 BATCH = 3
 K = 4  # importance samples of the log_likelihood inputs
 MODELS = {
-    # name: (latent layers, prior)
-    "standard": (1, "standard"),
-    "vamp": (1, "vamp"),
-    "hierarchical": (2, "vamp"),
+    # name: (latent layers, prior, flow steps)
+    "standard": (1, "standard", 0),
+    "vamp": (1, "vamp", 0),
+    "hierarchical": (2, "vamp", 0),
+    "iaf": (1, "vamp", 2),
 }
 
 
 def _model(name):
-    layers, prior = MODELS[name]
+    layers, prior, flow_steps = MODELS[name]
     config = config_lib.TrainConfig(
         latent_layers=layers, architecture="gated", hidden_units=(16,), latent_dim=3,
-        prior=prior, prior_components=5, batch_size=8, seed=0,
+        prior=prior, prior_components=5, batch_size=8, seed=0, flow_steps=flow_steps,
+        flow_hidden_units=(8,),
     )
     model = training.build_vae(config)
     model.compile()

@@ -301,3 +301,22 @@ def test_choice_lists_are_declared_once():
                     if len(declared) > 1 and tuple(value) == declared:
                         copies.append(f"{path.relative_to(ROOT)}:{node.lineno}: a copy of {name}")
     assert not copies, "\n".join(copies)
+
+
+def test_every_test_the_derivation_names_exists():
+    """docs/derivation.md names the test of each step: those tests exist."""
+    import re
+
+    text = (ROOT / "docs" / "derivation.md").read_text()
+    named = set()
+    for match in re.finditer(r"tests/(test_\w+)\.py::(test_\w+)((?:`?,?\s*(?:and\s*)?`test_\w+)*)", text):
+        module, first, rest = match.groups()
+        names = [first] + re.findall(r"test_\w+", rest)
+        named.update((module, name) for name in names)
+    assert len(named) >= 10
+    missing = []
+    for module, name in sorted(named):
+        source = (ROOT / "tests" / f"{module}.py").read_text()
+        if not re.search(rf"^def {name}\(", source, re.MULTILINE):
+            missing.append(f"{module}::{name}")
+    assert not missing, missing

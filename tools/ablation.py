@@ -7,7 +7,7 @@ resumable run `runs/<prefix>_<prior>_<objective>` (running this again skips
 the finished ones and continues the others), evaluates each on validation,
 and writes the table (Markdown and JSON) to `runs/<prefix>/`.
 
-Example (the README's ablation, 20 epochs each):
+Example (the ablation of docs/results.md, 20 epochs each):
 
     python tools/ablation.py --epochs 20 --eval-samples 1000 --num-samples 5 -- \
         --architecture gated --hidden-units 300,300 --latent-dim 40 --batch-size 100 \

@@ -13,14 +13,15 @@ to runs/<name>/ (or --output-dir):
                            lines of constant ELBO (Alemi et al. 2018)
     samples_per_beta.png   samples from the prior, one row per beta
 
-Example (the README's sweep: the default betas 0.1,0.25,0.5,1,2,4, one epoch
-each on the 50,000 training images; about 2 minutes on 2 CPU cores):
+Example (the sweep of docs/looking_inside.md: the default betas
+0.1,0.25,0.5,1,2,4, one epoch each on the 50,000 training images; about 2
+minutes on 2 CPU cores):
 
     python tools/sweep.py --name beta_sweep
 
-Then with a larger --epochs (the README's next command), the same command
-continues every run (and adds the NLL, an IWAE bound with 100 samples, to the
-table):
+Then with a larger --epochs (the next command of docs/looking_inside.md),
+the same command continues every run (and adds the NLL, an IWAE bound with
+100 samples, to the table):
 
     python tools/sweep.py --name beta_sweep --epochs 3 --eval-samples 100
 

@@ -28,7 +28,7 @@ refused (NaN pixels, values outside [0, 1]; naming epoch and batch); --debug
 shows the traceback.
 
 Several devices or machines (--batch-size is the global batch, split between
-the replicas; see the README, "Training on several devices and machines"):
+the replicas; see docs/distributed.md):
 
     python tools/train.py --strategy mirrored ...                    # all GPUs
     python tools/train.py --strategy mirrored --cpu-replicas 2 ...   # CPU only

@@ -2,6 +2,8 @@
 
 from keras_vae.layers.decoders import BernoulliDecoder, GaussianDecoder
 from keras_vae.layers.encoders import GaussianEncoder
+from keras_vae.layers.flows import IAFEncoder
+from keras_vae.layers.flows import MADE
 from keras_vae.layers.gated_dense import GatedDense
 from keras_vae.layers.heads import DistributionLayer
 from keras_vae.layers.heads import IndependentBernoulli
@@ -16,8 +18,10 @@ __all__ = [
     "GaussianEncoder",
     "DistributionLayer",
     "GatedDense",
+    "IAFEncoder",
     "IndependentBernoulli",
     "IndependentNormal",
+    "MADE",
     "MixtureOfGaussiansPrior",
     "StandardNormalPrior",
     "VampPrior",

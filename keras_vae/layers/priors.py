@@ -284,8 +284,12 @@ class VampPrior(_MixturePrior):
         self._encoder = None
 
     def attach_encoder(self, encoder):
-        """Makes `encoder` (the VAE's, with `latent_dim`) the one q(z|u) uses."""
-        self._encoder = _Holder(encoder)
+        """Makes `encoder` (the VAE's, with `latent_dim`) the one q(z|u) uses.
+
+        For a flow posterior (`keras_vae.layers.IAFEncoder`) the components
+        are its base encoder's Gaussians q0(z|u_k): a mixture of Gaussians,
+        sampled and scored in closed form."""
+        self._encoder = _Holder(getattr(encoder, "base_encoder", encoder))
 
     @property
     def encoder(self):

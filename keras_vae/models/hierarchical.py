@@ -228,19 +228,19 @@ class HierarchicalVAE(TrainingPolicy, InputChecks, keras.Model):
         seeds = tf.unstack(tf.cast(tf.math.floormod(seeds, tf.int32.max), tf.int32))
         prior = self.prior.distribution()
         q = self.encoders[0](x, training=training)
-        z = q.sample(num_samples, seed=seeds[0])  # [S, B, D_L]
-        log_q, log_p = q.log_prob(z), prior.log_prob(z)
-        kls = [kl_lib.kl_divergence(q, prior, z=z)]
+        z, log_q = objectives.sample_and_log_prob(q, num_samples, seeds[0])  # [S, B, D_L]
+        log_p = prior.log_prob(z)
+        kls = [kl_lib.kl_divergence(q, prior, z=z, log_q=log_q)]
         above = tf.reshape(z, [-1, self.latent_dims[0]])
         x_flat = tf.tile(tf.reshape(x, [batch, -1]), [num_samples, 1])
         zs = [above]
         for i in range(1, self.num_layers):
             q = self.encoders[i](tf.concat([tf.cast(x_flat, above.dtype), above], -1), training=training)
             p = self.conditional_priors[i - 1](above, training=training)
-            above = q.sample(seed=seeds[i])
-            log_q += tf.reshape(q.log_prob(above), [num_samples, batch])
+            above, layer_log_q = objectives.sample_and_log_prob(q, seed=seeds[i])
+            log_q += tf.reshape(layer_log_q, [num_samples, batch])
             log_p += tf.reshape(p.log_prob(above), [num_samples, batch])
-            kl = kl_lib.kl_divergence(q, p, z=above[tf.newaxis])
+            kl = kl_lib.kl_divergence(q, p, z=above[tf.newaxis], log_q=layer_log_q[tf.newaxis])
             kls.append(tf.reduce_mean(tf.reshape(kl, [num_samples, batch]), axis=0))
             zs.append(above)
         return {"z": tf.concat(zs, -1), "log_q": log_q, "log_p": log_p, "kls": kls, "prior": prior}
@@ -315,7 +315,7 @@ class HierarchicalVAE(TrainingPolicy, InputChecks, keras.Model):
         noises = tf.split(tf.cast(noise, x.dtype), list(self.latent_dims), axis=-1)
         prior = self.prior.distribution()
         q = self.encoders[0](x, training=training)
-        above, log_q = objectives.gaussian_sample_from_noise(q, noises[0])
+        above, log_q = objectives.posterior_sample_from_noise(q, noises[0])
         log_p = objectives.portable_log_prob(prior, above)
         kls = [objectives.kl_from_sample(q, prior, above, log_q)]
         x_flat = tf.reshape(x, [tf.shape(x)[0], -1])
@@ -323,7 +323,7 @@ class HierarchicalVAE(TrainingPolicy, InputChecks, keras.Model):
         for i in range(1, self.num_layers):
             q = self.encoders[i](tf.concat([tf.cast(x_flat, above.dtype), above], -1), training=training)
             p = self.conditional_priors[i - 1](above, training=training)
-            z, layer_log_q = objectives.gaussian_sample_from_noise(q, noises[i])
+            z, layer_log_q = objectives.posterior_sample_from_noise(q, noises[i])
             log_q += layer_log_q
             log_p += objectives.portable_log_prob(p, z)
             kls.append(objectives.kl_from_sample(q, p, z, layer_log_q))
@@ -388,11 +388,12 @@ class HierarchicalVAE(TrainingPolicy, InputChecks, keras.Model):
 
     def _posterior_means(self, x):
         """`[z_L, ..., z_1]` with each layer at its posterior mean given the means above."""
-        above = self.encoders[0](x).mean()
+        above = objectives.posterior_location(self.encoders[0](x))
         x_flat = tf.reshape(x, [tf.shape(x)[0], -1])
         zs = [above]
         for i in range(1, self.num_layers):
-            above = self.encoders[i](tf.concat([tf.cast(x_flat, above.dtype), above], -1)).mean()
+            q = self.encoders[i](tf.concat([tf.cast(x_flat, above.dtype), above], -1))
+            above = objectives.posterior_location(q)
             zs.append(above)
         return tf.concat(zs, -1)
 

@@ -50,7 +50,9 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
     Args:
         encoder: A layer mapping x to a `tfd.Distribution` q(z|x) with event
             shape `[latent_dim]` and a `latent_dim` attribute, e.g.
-            `keras_vae.layers.GaussianEncoder`.
+            `keras_vae.layers.GaussianEncoder`, or one with a flow posterior,
+            `keras_vae.layers.IAFEncoder` (Monte Carlo KL; its samples and
+            their log q in one pass).
         decoder: A layer mapping z to a `tfd.Distribution` p(x|z), e.g.
             `keras_vae.layers.BernoulliDecoder`. If it has a `data_range`
             attribute (Bernoulli: (0, 1)), inputs outside it are refused.
@@ -223,12 +225,13 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
         return self.decoder(z, training=False)
 
     def reconstruct(self, x, sample_latent=False):
-        """p(x|z) with z the posterior mean (or a posterior sample)."""
+        """p(x|z) with z the posterior mean (or a posterior sample; for a
+        flow posterior, its code at zero noise: `objectives.posterior_location`)."""
         q = self.encode(x)
         if sample_latent:
             z = q.sample(seed=stateless_seed(self.seed_generator))
         else:
-            z = q.mean()
+            z = objectives.posterior_location(q)
         return self.decoder(z, training=False)
 
     def call(self, inputs, training=False):
@@ -238,7 +241,8 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
     def reconstruction_mean(self, x, training=False):
         """The decoder mean at the posterior mean, for prepared x (`call`
         without its input checks: what the exports compute)."""
-        return self.decoder(self.encoder(x, training=training).mean(), training=training).mean()
+        z = objectives.posterior_location(self.encoder(x, training=training))
+        return self.decoder(z, training=training).mean()
 
     def elbo_terms(self, x, training=False, num_samples=1, prepared=False):
         """Per-example ELBO terms, in nats.
@@ -260,14 +264,14 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
         seed = stateless_seed(self.seed_generator)
         prior = self.prior.distribution()
         if num_samples == 1:
-            z = q.sample(seed=seed)
+            z, log_q = objectives.sample_and_log_prob(q, seed=seed)
             reconstruction = self.decoder(z, training=training).log_prob(x)
         else:
-            z = q.sample(num_samples, seed=seed)
+            z, log_q = objectives.sample_and_log_prob(q, num_samples, seed)
             reconstruction = tf.reduce_mean(
                 self.decoder(z, training=training).log_prob(x), axis=0
             )
-        kl = kl_lib.kl_divergence(q, prior, z=z)
+        kl = kl_lib.kl_divergence(q, prior, z=z, log_q=log_q)
         return {"reconstruction": reconstruction, "kl": kl, "elbo": reconstruction - kl}
 
     def elbo(self, x, num_samples=1):
@@ -292,7 +296,8 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
         return self.latent_dim
 
     def posterior_sample(self, x, noise, training=False):
-        """`(z, log_q)`: z = loc + scale * noise ~ q(z|x) and log q(z|x), exact for it.
+        """`(z, log_q)`: z = loc + scale * noise ~ q(z|x) (then the flow, for a
+        flow posterior) and log q(z|x), exact for it.
 
         The importance-sampling contract every keras_vae model answers, with
         `log_joint`: `keras_vae.objectives.importance_bound_from_noise` and
@@ -302,7 +307,7 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
             x: The prepared batch (`prepare_inputs`), `[B, *event_shape]`.
             noise: Standard-normal draws, `[B, noise_dim]`.
         """
-        return objectives.gaussian_sample_from_noise(self.encoder(x, training=training), noise)
+        return objectives.posterior_sample_from_noise(self.encoder(x, training=training), noise)
 
     def joint_terms(self, x, z, training=False):
         """`log_prob` (log p(x|z) + log p(z)) and `log_px_given_z`, `[B]` each."""
@@ -315,11 +320,11 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
         return self.joint_terms(x, z, training)["log_prob"]
 
     def elbo_terms_from_noise(self, x, noise):
-        """`elbo_terms` of the one draw z = loc + scale * noise: `reconstruction`
+        """`elbo_terms` of the one draw z made from `noise` (`posterior_sample`): `reconstruction`
         (log p(x|z)), `kl` (analytic where there is a closed form, else
         log q(z|x) - log p(z)) and `elbo`, `[B]` each (x prepared)."""
         q = self.encoder(x, training=False)
-        z, log_q = objectives.gaussian_sample_from_noise(q, noise)
+        z, log_q = objectives.posterior_sample_from_noise(q, noise)
         reconstruction = objectives.portable_log_likelihood(self.decoder, z, x)
         kl = objectives.kl_from_sample(q, self.prior.distribution(log_q.dtype), z, log_q)
         return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
@@ -360,11 +365,11 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
                 terms["iwae"] = terms["elbo"]
             return terms
         q = self.encoder(x, training=training)
-        z = q.sample(self.num_samples, seed=stateless_seed(self.seed_generator))
+        z, log_q = objectives.sample_and_log_prob(q, self.num_samples, stateless_seed(self.seed_generator))
         # Built once per step: a VampPrior runs the encoder to build it.
         prior = self.prior.distribution()
         log_w, log_px_given_z = objectives.log_importance_weights(
-            self, x, q, z, training=training, prior=prior
+            self, x, q, z, training=training, prior=prior, log_q=log_q
         )
         log_ratio = log_px_given_z - log_w
         kl = kl_lib.analytic_kl(q, prior)
