@@ -10,6 +10,7 @@ decoder's network feeds the Bernoulli head without a projection).
 import keras
 
 from keras_vae._internal.choices import ARCHITECTURES
+from keras_vae._internal.choices import FLOWS
 from keras_vae._internal.choices import PRIORS
 from keras_vae.layers import BernoulliDecoder
 from keras_vae.layers import GaussianEncoder
@@ -20,6 +21,7 @@ from keras_vae.layers import VampPrior
 
 __all__ = [
     "ARCHITECTURES",
+    "FLOWS",
     "PRIORS",
     "make_prior",
     "conv_decoder_network",
@@ -115,13 +117,15 @@ def make_encoder(architecture, latent_dim, hidden_units, event_shape):
     return _mlp_encoder(architecture, latent_dim, hidden_units, "encoder")
 
 
-def with_flow(encoder, flow_steps, flow_hidden_units=(320, 320)):
-    """`encoder` followed by `flow_steps` inverse autoregressive flow steps
-    (`keras_vae.layers.IAFEncoder`, named `<encoder>_iaf`); `encoder` itself
-    when `flow_steps` is 0."""
-    if not flow_steps:
+def with_flow(encoder, flow="none", num_flows=2, flow_hidden_units=(320, 320)):
+    """The posterior `tools/train.py --flow` names: `encoder` itself for
+    "none"; for "iaf", `encoder` followed by `num_flows` inverse
+    autoregressive flow steps (`keras_vae.layers.IAFEncoder`, named `<encoder>_iaf`)."""
+    if flow not in FLOWS:
+        raise ValueError(f"Expected flow in {FLOWS}. Received: flow={flow!r}")
+    if flow == "none":
         return encoder
-    return IAFEncoder(encoder, num_steps=flow_steps, hidden_units=flow_hidden_units, name=f"{encoder.name}_iaf")
+    return IAFEncoder(encoder, num_steps=num_flows, hidden_units=flow_hidden_units, name=f"{encoder.name}_iaf")
 
 
 def make_decoder(architecture, hidden_units, event_shape):

@@ -21,6 +21,7 @@ from keras_vae._internal.choices import ARCHITECTURES  # noqa: E402
 from keras_vae._internal.choices import DATASETS  # noqa: E402
 from keras_vae._internal.choices import DEFAULT_DATASET  # noqa: E402
 from keras_vae._internal.choices import DTYPE_POLICIES  # noqa: E402
+from keras_vae._internal.choices import FLOWS  # noqa: E402
 from keras_vae._internal.choices import OBJECTIVES  # noqa: E402
 from keras_vae._internal.choices import PRIORS  # noqa: E402
 from keras_vae._internal.choices import STRATEGIES  # noqa: E402
@@ -32,6 +33,7 @@ __all__ = [
     "DATASETS",
     "DEFAULT_DATASET",
     "DTYPE_POLICIES",
+    "FLOWS",
     "MAX_DEFAULT_WARMUP_EPOCHS",
     "OBJECTIVES",
     "PRIORS",
@@ -53,7 +55,7 @@ __all__ = [
 # between the sessions of a run.
 STRUCTURE_FIELDS = (
     "architecture", "hidden_units", "latent_dim", "latent_layers", "prior", "prior_components",
-    "lr_halve_every", "objective", "flow_steps", "flow_hidden_units",
+    "lr_halve_every", "objective", "flow", "num_flows", "flow_hidden_units",
 )  # fmt: skip
 
 
@@ -103,8 +105,8 @@ def structure_differences(previous, config):
     Compares the `STRUCTURE_FIELDS` only: `prior_components` where both
     priors are learned ones (the standard normal has no components), and of
     `lr_halve_every` only whether it is 0 (a constant learning rate is an
-    optimizer variable; a schedule has none), and `flow_hidden_units` where
-    both have a flow.
+    optimizer variable; a schedule has none), and `num_flows` and
+    `flow_hidden_units` where both have a flow.
 
     Args:
         previous: The config a run was trained with: a dict as in its
@@ -136,8 +138,8 @@ def structure_differences(previous, config):
     for name in STRUCTURE_FIELDS:
         if name == "prior_components" and not learned:
             continue
-        if name == "flow_hidden_units" and not (old["flow_steps"] and new["flow_steps"]):
-            continue  # no flow on one side: flow_steps differs, or neither has one
+        if name in ("num_flows", "flow_hidden_units") and not (old["flow"] == new["flow"] == "iaf"):
+            continue  # without a flow on both sides, `flow` differs or neither has one
         if name == "lr_halve_every":
             if bool(old[name]) == bool(new[name]):
                 continue
@@ -194,13 +196,17 @@ class TrainConfig:
         "q(z_L|x), q(z_l|x, z_l+1), p(z_l|z_l+1), p(x|z_1..z_L), each network as "
         "--architecture and --hidden-units say; --prior on the top layer; mlp or gated only)",
     )
-    flow_steps: int = _option(
-        0,
-        "inverse autoregressive flow steps on q(z|x) (keras_vae.layers.IAFEncoder, Kingma et "
-        "al. 2016; on every layer's q with --latent-layers >= 2); 0: a diagonal Gaussian q",
+    flow: str = _option(
+        "none",
+        "q(z|x): none, a diagonal Gaussian; iaf, a diagonal Gaussian pushed through "
+        "--num-flows inverse autoregressive flow steps (keras_vae.layers.IAFEncoder, Kingma "
+        "et al. 2016; on every layer's q with --latent-layers >= 2)",
+        choices=FLOWS,
     )
+    num_flows: int = _option(2, "flow steps of --flow iaf")
     flow_hidden_units: tuple = _option(
-        (320, 320), "hidden widths of each flow step's MADE, comma-separated", type=int_tuple
+        (320, 320), "hidden widths of each flow step's MADE (--flow iaf), comma-separated",
+        type=int_tuple,
     )
     beta: float = _option(1.0, "final weight of the KL term (1: the ELBO)")
     prior: str = _option(
@@ -291,7 +297,8 @@ class TrainConfig:
         self.hidden_units = int_tuple(self.hidden_units)
         self.flow_hidden_units = int_tuple(self.flow_hidden_units)
         for name, choices in (
-            ("prior", PRIORS), ("objective", OBJECTIVES), ("dtype_policy", DTYPE_POLICIES)
+            ("prior", PRIORS), ("objective", OBJECTIVES), ("dtype_policy", DTYPE_POLICIES),
+            ("flow", FLOWS),
         ):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ValueError(
@@ -305,6 +312,7 @@ class TrainConfig:
             )
         for name in (
             "epochs", "batch_size", "latent_dim", "latent_layers", "prior_components", "num_samples",
+            "num_flows",
         ):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -313,7 +321,7 @@ class TrainConfig:
                 )
         for name in (
             "warmup_epochs", "lr_halve_every", "patience", "backup_every",
-            "tensorboard_images_every", "flow_steps",
+            "tensorboard_images_every",
         ):  # fmt: skip
             value = getattr(self, name)
             if value is None and name == "warmup_epochs":

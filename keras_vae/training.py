@@ -72,7 +72,7 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
     networks whose filters are `hidden_units` (see `keras_vae.architectures`).
     The decoder mirrors the encoder. `latent_layers` >= 2 gives a
     `keras_vae.HierarchicalVAE` (`keras_vae.architectures.make_hierarchy`);
-    `flow_steps` > 0 puts an inverse autoregressive flow on every q
+    `flow="iaf"` puts an inverse autoregressive flow on every q
     (`keras_vae.architectures.with_flow`).
 
     Every layer is made under `config.dtype_policy` (and saved with it):
@@ -86,7 +86,7 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
     precision.check_bfloat16_support(config.dtype_policy)
 
     def flow(encoder):
-        return architectures.with_flow(encoder, config.flow_steps, config.flow_hidden_units)
+        return architectures.with_flow(encoder, config.flow, config.num_flows, config.flow_hidden_units)
 
     with precision.dtype_policy_scope(config.dtype_policy):
         common = {

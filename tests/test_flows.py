@@ -217,7 +217,7 @@ def test_iwae_with_a_flow_at_k_1_is_the_elbo():
 
 def test_hierarchical_vae_takes_flow_encoders():
     config = config_lib.TrainConfig(
-        latent_layers=2, architecture="mlp", hidden_units=(8,), latent_dim=2, flow_steps=1,
+        latent_layers=2, architecture="mlp", hidden_units=(8,), latent_dim=2, flow="iaf", num_flows=1,
         flow_hidden_units=(4,), seed=0,
     )
     model = training.build_vae(config, input_shape=(None, 4, 4, 1))
@@ -247,8 +247,10 @@ def test_iaf_encoder_arguments_are_checked():
         IAFEncoder(base, convert_to_tensor_fn="mean")
     with pytest.raises(ValueError, match="latent_dim"):
         IAFEncoder(keras.layers.Dense(3))
-    with pytest.raises(ValueError, match="flow_steps"):
-        config_lib.TrainConfig(flow_steps=-1)
+    with pytest.raises(ValueError, match="num_flows"):
+        config_lib.TrainConfig(flow="iaf", num_flows=0)
+    with pytest.raises(ValueError, match="Expected flow in"):
+        config_lib.TrainConfig(flow="planar")
 
 
 def test_iaf_encoder_config_round_trip():

@@ -27,19 +27,19 @@ EVENT = (28, 28, 1)
 BATCH = 3
 K = 4  # importance samples of the log_likelihood inputs
 MODELS = {
-    # name: (latent layers, prior, flow steps)
-    "standard": (1, "standard", 0),
-    "vamp": (1, "vamp", 0),
-    "hierarchical": (2, "vamp", 0),
-    "iaf": (1, "vamp", 2),
+    # name: (latent layers, prior, posterior flow)
+    "standard": (1, "standard", "none"),
+    "vamp": (1, "vamp", "none"),
+    "hierarchical": (2, "vamp", "none"),
+    "iaf": (1, "vamp", "iaf"),
 }
 
 
 def _model(name):
-    layers, prior, flow_steps = MODELS[name]
+    layers, prior, flow = MODELS[name]
     config = config_lib.TrainConfig(
         latent_layers=layers, architecture="gated", hidden_units=(16,), latent_dim=3,
-        prior=prior, prior_components=5, batch_size=8, seed=0, flow_steps=flow_steps,
+        prior=prior, prior_components=5, batch_size=8, seed=0, flow=flow, num_flows=2,
         flow_hidden_units=(8,),
     )
     model = training.build_vae(config)

@@ -13,6 +13,9 @@ DEFAULT_DATASET = "binarized_mnist"
 ARCHITECTURES = ("mlp", "gated", "conv")
 # Priors p(z) of keras_vae.architectures (keras_vae.layers.priors).
 PRIORS = ("standard", "mixture", "vamp")
+# Posterior families of keras_vae.architectures.with_flow: a diagonal Gaussian
+# ("none") or one pushed through an inverse autoregressive flow.
+FLOWS = ("none", "iaf")
 # Training objectives of keras_vae.VAE.
 OBJECTIVES = ("elbo", "iwae")
 # tf.distribute strategies of keras_vae.distribute.make_strategy.
