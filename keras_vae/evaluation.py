@@ -223,6 +223,15 @@ def evaluate(
             progbar.update(i + 1, [("nll", -_example_mean(per["log_likelihood"]))])
     if not per["kl"]:
         raise ValueError("Expected a dataset with at least one batch. Received: an empty dataset")
+    results, per = _summarize(per, means, codes, num_samples)
+    if return_per_example:
+        results["per_example"] = per
+    return results
+
+
+def _summarize(per, means, codes, num_samples):
+    """`evaluate`'s results from the per-batch lists it gathered, and the
+    per-example arrays (with `elbo`)."""
     log_likelihood = _example_mean(per["log_likelihood"])
     per = {k: np.concatenate(v) for k, v in per.items()}
     per["elbo"] = per["reconstruction"] - per["kl"]
@@ -242,9 +251,7 @@ def evaluate(
         "num_examples": int(per["kl"].shape[0]),
         "num_samples": int(num_samples),
     }
-    if return_per_example:
-        results["per_example"] = per
-    return results
+    return results, per
 
 
 TABLE_ROWS = (

@@ -6,6 +6,23 @@ best model, per-epoch backups for resuming and TensorBoard logs, then reloads
 the best model and returns it with its history. Evaluation, plots and export
 are separate package functions (`keras_vae.evaluation`, `keras_vae.plotting`,
 `keras_vae.export`) that `tools/train.py` wires together.
+
+`train` reads as its phases: delete a run's files (`fresh`), load the data,
+build, compile and restore the model (every worker agreeing on the backup),
+stop if the run is complete, resolve the warm-up and write the config, make
+the callbacks, fit (the rest of an interrupted epoch, then whole epochs:
+`_Fitter`) and write the status.
+
+TensorBoard: `<output_dir>/tensorboard` holds the runs `train` and
+`validation` (`keras.callbacks.TensorBoard`: the epoch metrics) and, unless
+`config.tensorboard_images_every` is 0, `images`
+(`keras_vae.callbacks.TensorBoardImages`: reconstructions, samples from the
+prior and the projector's latent means of the first 1000 validation images,
+every that many epochs and at the end). Open it with
+`tensorboard --logdir <output_dir>/tensorboard`.
+
+KL warm-up: `config.warmup_epochs=None` is decided by `train` (see
+`TrainConfig`) and written to `config.json`.
 """
 
 import csv
@@ -352,22 +369,12 @@ def train(config, fresh=False, strategy=None):
     and `train_seconds`, the wall time of all sessions summed (see
     `read_status`).
 
-    TensorBoard: `<output_dir>/tensorboard` holds the runs `train` and
-    `validation` (`keras.callbacks.TensorBoard`: the epoch metrics) and,
-    unless `config.tensorboard_images_every` is 0, `images`
-    (`keras_vae.callbacks.TensorBoardImages`: reconstructions, samples from
-    the prior and the projector's latent means of the first 1000 validation
-    images, every that many epochs and at the end). Open it with
-    `tensorboard --logdir <output_dir>/tensorboard`.
+    TensorBoard logs and the KL warm-up: see the module docstring.
 
-    KL warm-up: `config.warmup_epochs=None` is decided here (see
-    `TrainConfig`) and written to `config.json`.
-
-    Errors: a NaN or infinite loss raises
-    `keras_vae.callbacks.NonFiniteLossError` naming the step and the last good
-    backup (never overwritten by the broken state); a refused batch (NaN
-    pixels, values outside [0, 1]) raises `DataError` naming its epoch and
-    batch, before any update on it.
+    Errors: a NaN or infinite loss raises `keras_vae.callbacks.NonFiniteLossError`
+    naming the step and the last good backup (never overwritten by the broken
+    state); a refused batch (NaN pixels, values outside [0, 1]) raises
+    `DataError` naming its epoch and batch, before any update on it.
 
     Args:
         config: A `TrainConfig`.
@@ -381,7 +388,6 @@ def train(config, fresh=False, strategy=None):
         one when there is no validation split) and a dict of per-epoch lists
         read from `history.csv` (complete across resumed runs).
     """
-
     start_time = time.time()
     strategy = strategy or tf.distribute.get_strategy()
     distribute.check_steps_per_execution(strategy, config.steps_per_execution)
@@ -389,11 +395,56 @@ def train(config, fresh=False, strategy=None):
     keras.utils.set_random_seed(config.seed)
     files = paths(config.output_dir)
     if fresh and chief:
-        shutil.rmtree(files["backup"], ignore_errors=True)
-        for key in ("history", "best", "last", "status", "evaluation"):
-            if os.path.exists(files[key]):
-                os.remove(files[key])
+        _delete_run_files(files)
+    load_train, val_ds, steps_per_epoch = _datasets(config)
+    backup = TrainingBackup(files["backup"], save_freq=config.backup_every or "epoch", steps_per_epoch=steps_per_epoch)
+    model, state = _build_and_restore(config, strategy, files, backup, steps_per_epoch, restore=not (fresh and chief))
+    step = state["step"] if state else 0
+    status = read_status(config.output_dir) if state is not None else None
+    finished = _nothing_to_train(config, step, steps_per_epoch, status) if state is not None else None
+    if finished:
+        if config.verbose:
+            print(finished)
+        if chief and os.path.exists(files["best"]):
+            model = saving.load_model(files["best"])
+        return model, read_history(files["history"])
+    config = _resolve_warmup(config, files["config"] if state is not None else None)
+    if chief:
+        _write_config(config, files, new_run=state is None)
+    if state is not None and config.verbose:
+        print(f"Resuming from the backup of step {step} (epoch {state['epoch']}, batch {state['batch']}) in {files['backup']}")
+    # Non-chief workers of a multi-worker job write their copies of the
+    # checkpoints and logs to a scratch directory that is deleted after.
+    side = files if chief else paths(tempfile.mkdtemp(prefix="keras_vae-worker-"))
+    status_writer = _StatusWriter(files["status"], status, start_time, step, write=chief)
+    callbacks, early_stopping = _callbacks(
+        config, files, side, backup, status_writer, steps_per_epoch, val_ds, resumed=state is not None, chief=chief
+    )
+    stopped = _Fitter(model, config, load_train, val_ds, callbacks, early_stopping, steps_per_epoch).run(step)
+    status_writer.save(int(model.optimizer.iterations.numpy()), stopped_early=stopped)
+    if not chief:
+        shutil.rmtree(os.path.dirname(side["best"]), ignore_errors=True)
+        return model, read_history(files["history"])
+    model.save(files["last"])
+    best = saving.load_model(files["best"]) if os.path.exists(files["best"]) else model
+    return best, read_history(files["history"])
 
+
+# ------------------------------------------------------------ train()'s phases
+
+
+def _delete_run_files(files):
+    """`fresh=True`: the run's backup, history, models, status and evaluation go."""
+    shutil.rmtree(files["backup"], ignore_errors=True)
+    for key in ("history", "best", "last", "status", "evaluation"):
+        if os.path.exists(files[key]):
+            os.remove(files[key])
+
+
+def _datasets(config):
+    """`(load_train, val_ds, steps_per_epoch)`: a loader of the training
+    stream from a given step, the prepared validation dataset (None without
+    a validation split) and the batches of one epoch."""
     load_train = functools.partial(
         data_lib.load,
         config.dataset,
@@ -405,79 +456,58 @@ def train(config, fresh=False, strategy=None):
     )
     val_ds = None
     if config.validation_split:
-        val_ds = data_lib.load(
-            config.dataset,
-            config.validation_split,
-            batch_size=max(config.batch_size, 500),
-            data_dir=config.data_dir,
-            take=config.take,
+        val_ds = distribute.prepare_dataset(
+            data_lib.load(
+                config.dataset,
+                config.validation_split,
+                batch_size=max(config.batch_size, 500),
+                data_dir=config.data_dir,
+                take=config.take,
+            )
         )
-    if val_ds is not None:
-        val_ds = distribute.prepare_dataset(val_ds)
     steps_per_epoch = int(load_train().cardinality())
     if steps_per_epoch == 0:
         raise ValueError(
             f"Expected a non-empty training split. Received: {config.dataset}"
             f"[{config.train_split}] with take={config.take}"
         )
+    return load_train, val_ds, steps_per_epoch
 
-    backup = TrainingBackup(
-        files["backup"],
-        save_freq=config.backup_every or "epoch",
-        steps_per_epoch=steps_per_epoch,
-    )
+
+def _build_and_restore(config, strategy, files, backup, steps_per_epoch, restore):
+    """The compiled model under `strategy`, and the state restored from the
+    run's newest backup (None for a new run), after every worker agreed on it."""
     with strategy.scope():
         model = build_vae(config)
         model.compile(
-            optimizer=make_optimizer(
-                config.learning_rate, config.lr_halve_every, steps_per_epoch
-            ),
+            optimizer=make_optimizer(config.learning_rate, config.lr_halve_every, steps_per_epoch),
             steps_per_execution=config.steps_per_execution or "auto",
         )
-        restore = not (fresh and chief)
         # Every worker must find the same backup, before any of them restores.
         latest = backup.latest() if restore else None
         distribute.check_workers_agree(strategy, latest["step"] if latest else 0, files["backup"])
         if latest is not None:
             _check_same_model(config, files["config"])
         state = backup.restore(model) if restore else None
-    step = state["step"] if state else 0
-    status = read_status(config.output_dir) if state is not None else None
-    finished = None
-    if state is not None:
-        finished = _nothing_to_train(config, step, steps_per_epoch, status)
-    if finished:
-        if config.verbose:
-            print(finished)
-        if chief and os.path.exists(files["best"]):
-            model = saving.load_model(files["best"])
-        return model, read_history(files["history"])
-    config = _resolve_warmup(config, files["config"] if state is not None else None)
-    if chief:
-        os.makedirs(config.output_dir, exist_ok=True)
-        if state is None and os.path.exists(files["history"]):
-            os.remove(files["history"])  # a new run, not the continuation of one
-        with open(files["config"], "w") as f:
-            f.write(config.to_json())
-    if state is not None and config.verbose:
-        print(
-            f"Resuming from the backup of step {step} (epoch {state['epoch']}, "
-            f"batch {state['batch']}) in {files['backup']}"
-        )
+    return model, state
 
-    # Non-chief workers of a multi-worker job write their copies of the
-    # checkpoints and logs to a scratch directory that is deleted after.
-    side = files
-    if not chief:
-        side = paths(tempfile.mkdtemp(prefix="keras_vae-worker-"))
+
+def _write_config(config, files, new_run):
+    """The run's config.json (a new run's stale history.csv goes first)."""
+    os.makedirs(config.output_dir, exist_ok=True)
+    if new_run and os.path.exists(files["history"]):
+        os.remove(files["history"])  # a new run, not the continuation of one
+    with open(files["config"], "w") as f:
+        f.write(config.to_json())
+
+
+def _callbacks(config, files, side, backup, status_writer, steps_per_epoch, val_ds, resumed, chief):
+    """The run's callbacks and its `EarlyStopping` (None without patience)."""
     monitor = "val_elbo" if val_ds is not None else "elbo"
-    best_checkpoint = keras.callbacks.ModelCheckpoint(
-        side["best"], monitor=monitor, mode="max", save_best_only=True
-    )
-    previous = read_history(files["history"]).get(monitor) if state else None
+    best_checkpoint = keras.callbacks.ModelCheckpoint(side["best"], monitor=monitor, mode="max", save_best_only=True)
+    previous = read_history(files["history"]).get(monitor) if resumed else None
     if previous:
         best_checkpoint.best = max(previous)  # do not overwrite a better model
-    status_writer = _StatusWriter(files["status"], status, start_time, step, write=chief)
     callbacks = [
         KLWarmup(config.warmup_epochs, end=config.beta),
         StopOnNonFiniteLoss(backup, steps_per_epoch=steps_per_epoch),
@@ -492,63 +522,68 @@ def train(config, fresh=False, strategy=None):
     early_stopping = None
     if config.patience:
         early_stopping = keras.callbacks.EarlyStopping(
-            monitor=monitor,
-            mode="max",
-            patience=config.patience,
-            start_from_epoch=config.warmup_epochs,
+            monitor=monitor, mode="max", patience=config.patience, start_from_epoch=config.warmup_epochs
         )
         callbacks.append(early_stopping)
+    return callbacks, early_stopping
 
-    def fit(first_step, initial_epoch, epochs, steps):
+
+class _Fitter:
+    """The fit phase: the rest of an interrupted epoch, then the whole ones."""
+
+    def __init__(self, model, config, load_train, val_ds, callbacks, early_stopping, steps_per_epoch):
+        self.model, self.config = model, config
+        self.load_train, self.val_ds = load_train, val_ds
+        self.callbacks, self.early_stopping = callbacks, early_stopping
+        self.steps_per_epoch = steps_per_epoch
+
+    def run(self, step):
+        """Trains from `step` to `config.epochs`; returns how early stopping
+        ended the run (`{"epochs_run", "patience"}`) or None."""
+        epoch, batch = divmod(step, self.steps_per_epoch)
+        stopped = None
+        if batch and epoch < self.config.epochs:
+            # Finish the interrupted epoch first, from the step it stopped at.
+            self.fit(step, epoch, epoch + 1, self.steps_per_epoch - batch)
+            stopped = self.stopped_early()
+            epoch += 1
+        if epoch < self.config.epochs and not stopped:
+            self.fit(epoch * self.steps_per_epoch, epoch, self.config.epochs, self.steps_per_epoch)
+            stopped = self.stopped_early()
+        return stopped
+
+    def fit(self, first_step, initial_epoch, epochs, steps):
+        config = self.config
         # One endless stream, the same whatever the interruptions: epoch e
         # is its batches [e * steps_per_epoch, (e + 1) * steps_per_epoch).
-        stream = load_train(start_step=first_step)
         # The batch size is the global one: under a strategy each batch is
         # split between the replicas of all workers.
-        stream = distribute.prepare_dataset(stream)
+        stream = distribute.prepare_dataset(self.load_train(start_step=first_step))
         try:
-            model.fit(
+            self.model.fit(
                 stream,
                 initial_epoch=initial_epoch,
                 epochs=epochs,
                 steps_per_epoch=steps,
-                validation_data=val_ds,
-                callbacks=callbacks,
+                validation_data=self.val_ds,
+                callbacks=self.callbacks,
                 verbose=config.verbose,
                 shuffle=False,  # the dataset shuffles itself
             )
         except InputError as e:
             if e.step is None:
                 raise
-            epoch, batch = divmod(e.step, steps_per_epoch)
+            epoch, batch = divmod(e.step, self.steps_per_epoch)
             raise DataError(
                 f"Bad training data in {config.dataset}[{config.train_split}], "
-                f"epoch {epoch}, batch {batch} (of {steps_per_epoch} per epoch): {e}"
+                f"epoch {epoch}, batch {batch} (of {self.steps_per_epoch} per epoch): {e}"
             ) from None
 
-    def stopped_early():
+    def stopped_early(self):
         # EarlyStopping forgets this when the next fit begins.
-        if early_stopping is None or early_stopping.stopped_epoch <= 0:
+        if self.early_stopping is None or self.early_stopping.stopped_epoch <= 0:
             return None
-        return {"epochs_run": early_stopping.stopped_epoch + 1, "patience": config.patience}
-
-    epoch, batch = divmod(step, steps_per_epoch)
-    stopped = None
-    if batch and epoch < config.epochs:
-        # Finish the interrupted epoch first, from the step it stopped at.
-        fit(step, epoch, epoch + 1, steps_per_epoch - batch)
-        stopped = stopped_early()
-        epoch += 1
-    if epoch < config.epochs and not stopped:
-        fit(epoch * steps_per_epoch, epoch, config.epochs, steps_per_epoch)
-        stopped = stopped_early()
-    status_writer.save(int(model.optimizer.iterations.numpy()), stopped_early=stopped)
-    if not chief:
-        shutil.rmtree(os.path.dirname(side["best"]), ignore_errors=True)
-        return model, read_history(files["history"])
-    model.save(files["last"])
-    best = saving.load_model(files["best"]) if os.path.exists(files["best"]) else model
-    return best, read_history(files["history"])
+        return {"epochs_run": self.early_stopping.stopped_epoch + 1, "patience": self.config.patience}
 
 
 def read_history(path):
