@@ -298,6 +298,20 @@ def load(
     training = "train" in logical_names
     if shuffle is None:
         shuffle = training
+    fresh_draws = binarize == "dynamic" and training
+    ds = _examples(builder, tfds_split, name, take, binarize, seed, fresh_draws)
+    if start_step is not None:
+        ds = _stream(ds, batch_size, shuffle, seed, fresh_draws, drop_remainder, start_step)
+    else:
+        ds = _batched(ds, batch_size, shuffle, seed, count, fresh_draws, drop_remainder)
+    if not with_labels:
+        ds = ds.map(lambda images, labels: images)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _examples(builder, tfds_split, name, take, binarize, seed, fresh_draws):
+    """`(image uint8, label int64)` pairs of the split (the first `take`),
+    each binarized once (its index seeds it) unless `fresh_draws`."""
     ds = builder.as_dataset(split=tfds_split, shuffle_files=False)
     has_labels = DATASETS[name]["has_labels"]
 
@@ -309,7 +323,6 @@ def load(
     ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
     if take is not None:
         ds = ds.take(take)
-    fresh_draws = binarize == "dynamic" and training
     if not fresh_draws:
         # One fixed binarization per example (its index seeds it), cached.
         ds = ds.enumerate().map(
@@ -319,30 +332,27 @@ def load(
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    if start_step is not None:
-        ds = _stream(ds, batch_size, shuffle, seed, fresh_draws, drop_remainder, start_step)
-    else:
-        ds = ds.cache()
-        if shuffle:
-            ds = ds.shuffle(
-                min(count, 60000),
-                seed=seed,
-                reshuffle_each_iteration=True,
-            )
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        if fresh_draws:
-            # A fresh draw for every batch of every epoch.
-            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-            ds = tf.data.Dataset.zip((ds, seeds)).map(
-                lambda pair, r: (
-                    _binarize(pair[0], "dynamic", tf.stack([r, tf.constant(0, tf.int64)])),
-                    pair[1],
-                ),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-    if not with_labels:
-        ds = ds.map(lambda images, labels: images)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds
+
+
+def _batched(ds, batch_size, shuffle, seed, count, fresh_draws, drop_remainder):
+    """The cached examples in batches, reshuffled every epoch if `shuffle`,
+    with a fresh dynamic binarization of every batch if `fresh_draws`."""
+    ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(min(count, 60000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if fresh_draws:
+        # A fresh draw for every batch of every epoch.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda pair, r: (
+                _binarize(pair[0], "dynamic", tf.stack([r, tf.constant(0, tf.int64)])),
+                pair[1],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds
 
 
 def _stream(examples, batch_size, shuffle, seed, fresh_draws, drop_remainder, start_step):

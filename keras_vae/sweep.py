@@ -225,6 +225,33 @@ def _row(beta, results, report, run_dir):
     }
 
 
+def _evaluation_of_run(model, history, status, path, eval_ds, eval_split, eval_samples, config):
+    """The run's evaluation record at `path`: read when it is of the run's
+    current step with the same split and k, else computed and written."""
+    from keras_vae import evaluation
+    from keras_vae._internal.files import read_json
+
+    report = read_json(path)
+    if _evaluation_is_current(report, status, eval_split, eval_samples):
+        print(f"   evaluation of step {status['step']} read from {path}")
+        return report
+    what = f"k={eval_samples}" if eval_samples > 1 else "1 sample of z per example"
+    print(f"   evaluating on {eval_split} ({what})", flush=True)
+    results = evaluation.evaluate(
+        model, eval_ds, num_samples=eval_samples, seed=config.seed,
+        verbose=int(config.verbose == 1),  # a progress bar, as fit's
+    )  # fmt: skip
+    report = {
+        "train_seconds": status.get("train_seconds"),
+        "epochs_run": len(history.get("epoch", [])),
+        "step": status.get("step"),
+        "splits": {eval_split: results},
+    }
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
 def run_sweep(
     config,
     betas=DEFAULT_BETAS,
@@ -262,10 +289,8 @@ def run_sweep(
         beta, in increasing order of beta (as written to `sweep.json`).
     """
     from keras_vae import data
-    from keras_vae import evaluation
     from keras_vae import plotting
     from keras_vae import training
-    from keras_vae._internal.files import read_json
     from keras_vae._internal.validation import check_positive_int
 
     betas = parse_betas(betas)
@@ -286,24 +311,9 @@ def run_sweep(
         model, history = training.train(run_config, fresh=fresh)
         status = training.read_status(run_dir) or {}
         run_files = training.paths(run_dir)
-        report = read_json(run_files["evaluation"])
-        if _evaluation_is_current(report, status, eval_split, eval_samples):
-            print(f"   evaluation of step {status['step']} read from {run_files['evaluation']}")
-        else:
-            what = f"k={eval_samples}" if eval_samples > 1 else "1 sample of z per example"
-            print(f"   evaluating on {eval_split} ({what})", flush=True)
-            results = evaluation.evaluate(
-                model, eval_ds, num_samples=eval_samples, seed=config.seed,
-                verbose=int(config.verbose == 1),  # a progress bar, as fit's
-            )  # fmt: skip
-            report = {
-                "train_seconds": status.get("train_seconds"),
-                "epochs_run": len(history.get("epoch", [])),
-                "step": status.get("step"),
-                "splits": {eval_split: results},
-            }
-            with open(run_files["evaluation"], "w") as f:
-                json.dump(report, f, indent=2)
+        report = _evaluation_of_run(
+            model, history, status, run_files["evaluation"], eval_ds, eval_split, eval_samples, config
+        )
         row = _row(beta, report["splits"][eval_split], report, run_dir)
         rows.append(row)
         models.append(model)
@@ -319,7 +329,5 @@ def run_sweep(
         rows, files["rate_distortion"],
         title=f"{config.dataset}: one run per beta ({config.epochs} epoch{'s' * (config.epochs != 1)} each), {eval_split} split",
     )  # fmt: skip
-    plotting.plot_samples_per_beta(
-        models, betas, files["samples"], num_samples=num_images, seed=config.seed
-    )
+    plotting.plot_samples_per_beta(models, betas, files["samples"], num_samples=num_images, seed=config.seed)
     return rows
