@@ -4,7 +4,9 @@
   an MLP whose kernels are multiplied by fixed binary masks, so that output i
   depends only on the inputs before i in the layer's order (and on an
   optional context, unmasked). TFP's `tfb.AutoregressiveNetwork` is a
-  tf_keras layer and does not run in a Keras 3 model; this one does.
+  tf_keras layer: called inside a Keras 3 model it computes, but the model
+  does not track its weights (none trained by `fit`, none saved; checked
+  with TFP 0.25 and Keras 3.15). This one is a Keras 3 layer.
 * `InverseAutoregressiveFlow`: a `tfb.Bijector` of T steps
   y -> shift(y) + exp(log_scale(y)) * y, each (shift, log_scale) a `MADE`
   (Kingma et al. 2016). One step's Jacobian is triangular with diagonal
@@ -200,6 +202,13 @@ class InverseAutoregressiveFlow(tfb.Bijector):
     the identity at raw = 0, never an overflowing exp). Its Jacobian is
     triangular in made_t's order, so log |det| = sum_i log_scale_t,i.
 
+    Its methods are plain Python over a fixed list of steps (no tensor-
+    dependent control flow), marked for AutoGraph not to convert: a training
+    run that traced the flow in fit and in its TensorBoard images failed in
+    the evaluation that followed, in the same process, with AutoGraph
+    calling the converted `_step` without its `self` ("missing 1 required
+    positional argument: 'y'").
+
     Args:
         mades: The `MADE` layers, one per step, applied in this order.
         context: `[B, C]` tensor given to every MADE (broadcast over sample axes).
@@ -212,6 +221,7 @@ class InverseAutoregressiveFlow(tfb.Bijector):
         self._max_log_scale = float(max_log_scale)
         super().__init__(forward_min_event_ndims=1, validate_args=False, name=name, parameters={})
 
+    @tf.autograph.experimental.do_not_convert
     def _step(self, made, y):
         context = self._context
         if context is not None:
@@ -222,6 +232,7 @@ class InverseAutoregressiveFlow(tfb.Bijector):
         shift, raw = tf.cast(shift, y.dtype), tf.cast(raw, y.dtype)
         return shift, self._max_log_scale * tf.tanh(raw / self._max_log_scale)
 
+    @tf.autograph.experimental.do_not_convert
     def forward_and_log_det(self, y):
         """`(z, log |det dz/dy|)` in one pass over the networks: `[..., D]`, `[...]`."""
         log_det = tf.zeros(tf.shape(y)[:-1], y.dtype)
@@ -237,6 +248,7 @@ class InverseAutoregressiveFlow(tfb.Bijector):
     def _forward_log_det_jacobian(self, y):
         return self.forward_and_log_det(y)[1]
 
+    @tf.autograph.experimental.do_not_convert
     def _inverse(self, z):
         # Each step inverted by D fixed-point passes: after pass i the first
         # i coordinates in the step's order are exact (output i depends only
