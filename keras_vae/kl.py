@@ -94,8 +94,8 @@ def monte_carlo_kl(q, p, num_samples=1, seed=None, z=None, log_q=None):
     """
     if z is None:
         z = q.sample(num_samples, seed=seed)
-        log_q = None
-    if log_q is None:
+        log_q = q.log_prob(z)
+    elif log_q is None:
         log_q = q.log_prob(z)
     log_ratio = log_q - p.log_prob(z)
     if q.reparameterization_type != tfd.FULLY_REPARAMETERIZED:

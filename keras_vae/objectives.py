@@ -34,6 +34,8 @@ from keras_vae import kl as kl_lib
 from keras_vae._internal.bernoulli import logit_bernoulli_log_prob
 from keras_vae._internal.bernoulli import softplus
 from keras_vae._internal.choices import OBJECTIVES
+from keras_vae._internal.gaussian import diagonal_gaussian_params
+from keras_vae._internal.gaussian import is_diagonal_gaussian
 from keras_vae.layers.heads import LogitBernoulli
 
 tfd = tfp.distributions
@@ -287,19 +289,6 @@ def iwae_objective(log_px_given_z, log_ratio, kl, beta=1.0):
 # ---------------------------------------------------------------- randomness as an input
 
 
-def _diagonal_gaussian(d, what="q"):
-    """`(loc, scale)` of a diagonal Gaussian `Independent(Normal, 1)`."""
-    if not is_diagonal_gaussian(d):
-        raise ValueError(
-            f"Expected {what} to be a diagonal Gaussian, tfd.Independent(tfd.Normal(loc, "
-            "scale), 1) (what keras_vae.layers.GaussianEncoder returns). "
-            f"Received: {d!r}"
-        )
-    base = d.distribution
-    loc = tf.convert_to_tensor(base.loc)
-    return loc, tf.convert_to_tensor(base.scale, loc.dtype)
-
-
 def _log_prob(loc, scale, z):
     standardized = (tf.cast(z, loc.dtype) - loc) / scale
     return -tf.reduce_sum(0.5 * tf.square(standardized) + tf.math.log(scale), axis=-1) - tf.constant(
@@ -317,7 +306,7 @@ def diagonal_gaussian_log_prob(d, z):
     >>> round(float(diagonal_gaussian_log_prob(d, [0.0])), 6)
     -0.918939
     """
-    loc, scale = _diagonal_gaussian(d, "the distribution")
+    loc, scale = diagonal_gaussian_params(d, "the distribution")
     return _log_prob(loc, scale, tf.convert_to_tensor(z, loc.dtype))
 
 
@@ -332,18 +321,9 @@ def gaussian_sample_from_noise(q, noise):
     Returns:
         `z` `[B, D]` and `log_q` `[B]`.
     """
-    loc, scale = _diagonal_gaussian(q)
+    loc, scale = diagonal_gaussian_params(q)
     z = loc + scale * tf.cast(noise, loc.dtype)
     return z, _log_prob(loc, scale, z)
-
-
-def is_diagonal_gaussian(d):
-    """Whether `d` is `tfd.Independent(tfd.Normal, 1)`."""
-    return (
-        isinstance(d, tfd.Independent)
-        and isinstance(d.distribution, tfd.Normal)
-        and tf.get_static_value(d.reinterpreted_batch_ndims) == 1
-    )
 
 
 def portable_log_prob(d, z):
@@ -358,7 +338,7 @@ def kl_from_sample(q, p, z, log_q):
     (`kl.diagonal_gaussian_kl`), else the one-sample estimate log q(z) - log p(z)
     at the given sample z (with log q(z) = `log_q`)."""
     if is_diagonal_gaussian(q) and is_diagonal_gaussian(p):
-        return kl_lib.diagonal_gaussian_kl(*_diagonal_gaussian(q), *_diagonal_gaussian(p))
+        return kl_lib.diagonal_gaussian_kl(*diagonal_gaussian_params(q), *diagonal_gaussian_params(p))
     return log_q - portable_log_prob(p, z)
 
 
@@ -383,7 +363,7 @@ def prior_sample_from_noise(prior, noise, uniform=None):
                 "Expected `uniform` ([batch] in [0, 1)) to choose the component of a "
                 "mixture prior. Received: uniform=None"
             )
-        loc, scale = _diagonal_gaussian(prior.components_distribution, "the mixture's components")
+        loc, scale = diagonal_gaussian_params(prior.components_distribution, "the mixture's components")
         weights = tf.nn.softmax(tf.cast(prior.mixture_distribution.logits_parameter(), loc.dtype))
         cdf = tf.cumsum(weights)
         # Bounds of each component's interval; the outer ones open, so that
@@ -394,7 +374,7 @@ def prior_sample_from_noise(prior, noise, uniform=None):
         one_hot = tf.cast(lower <= u, loc.dtype) * tf.cast(u < upper, loc.dtype)  # [B, K]
         loc, scale = tf.matmul(one_hot, loc), tf.matmul(one_hot, scale)
     else:
-        loc, scale = _diagonal_gaussian(prior, "the prior")
+        loc, scale = diagonal_gaussian_params(prior, "the prior")
     return loc + scale * tf.cast(noise, loc.dtype)
 
 

@@ -260,3 +260,22 @@ def test_iaf_encoder_config_round_trip():
     clone.set_weights(encoder.get_weights())
     a, b = encoder(x), clone(x)
     np.testing.assert_array_equal(objectives.posterior_location(a), objectives.posterior_location(b))
+
+
+@pytest.mark.parametrize("built", [False, True], ids=["lazy", "built"])
+def test_vae_with_a_flow_built_lazily_in_fit_or_at_construction(tmp_path, built):
+    vae = _vae(prior=VampPrior(num_components=4, seed=0), input_shape=(None, 4, 4, 1) if built else None)
+    assert vae.built == built
+    vae.compile()
+    x = (np.random.default_rng(8).random((32, 4, 4, 1)) < 0.3).astype("float32")
+    history = vae.fit(x, epochs=1, batch_size=16, verbose=0)
+    assert np.all(np.isfinite(history.history["elbo"])) and vae.built
+    assert all(m.built for m in vae.encoder.mades)
+    assert vae.prior.encoder is vae.encoder.base_encoder
+    path = os.path.join(tmp_path, "vae.keras")
+    vae.save(path)
+    loaded = keras.saving.load_model(path)
+    xp = vae.prepare_inputs(x[:3])
+    noise = np.random.default_rng(9).standard_normal((3, 3)).astype("float32")
+    for a, b in zip(vae.posterior_sample(xp, noise), loaded.posterior_sample(xp, noise)):
+        np.testing.assert_array_equal(a, b)

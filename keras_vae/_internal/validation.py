@@ -37,3 +37,16 @@ def check_int(name, value, minimum=1, what=None):
 def check_positive_int(name, value):
     """`check_int(name, value, minimum=1)`."""
     return check_int(name, value, minimum=1)
+
+
+def check_latent_dim(layer, what):
+    """`layer.latent_dim` if it is an integer, else a ValueError naming `what`
+    (e.g. "an encoder", "encoders[1]"): the models and `IAFEncoder` take any
+    layer with one."""
+    latent_dim = getattr(layer, "latent_dim", None)
+    if not is_int(latent_dim):
+        raise ValueError(
+            f"Expected {what} with an integer `latent_dim` attribute, such as "
+            f"keras_vae.layers.GaussianEncoder. Received: {layer!r}"
+        )
+    return latent_dim

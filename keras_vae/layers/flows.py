@@ -29,7 +29,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from keras_vae._internal import precision
+from keras_vae._internal.gaussian import diagonal_gaussian_params
 from keras_vae._internal.validation import check_int
+from keras_vae._internal.validation import check_latent_dim
 from keras_vae._internal.validation import check_positive_int
 from keras_vae.layers import _dense_stack
 from keras_vae.layers.heads import DistributionLayer
@@ -246,6 +248,8 @@ class InverseAutoregressiveFlow(tfb.Bijector):
         return self.forward_and_log_det(y)[0]
 
     def _forward_log_det_jacobian(self, y):
+        # TFP derives the inverse log-det from this one, at `inverse(z)`
+        # (from its cache when z came out of `forward`).
         return self.forward_and_log_det(y)[1]
 
     @tf.autograph.experimental.do_not_convert
@@ -261,23 +265,6 @@ class InverseAutoregressiveFlow(tfb.Bijector):
             z = y
         return z
 
-    def _inverse_log_det_jacobian(self, z):
-        return -self._forward_log_det_jacobian(self._inverse(z))
-
-
-def _diagonal_gaussian_params(q):
-    if not (
-        isinstance(q, tfd.Independent)
-        and isinstance(q.distribution, tfd.Normal)
-        and tf.get_static_value(q.reinterpreted_batch_ndims) == 1
-    ):
-        raise ValueError(
-            "Expected the base encoder of an IAFEncoder to return a diagonal Gaussian, "
-            "tfd.Independent(tfd.Normal(loc, scale), 1), as keras_vae.layers.GaussianEncoder "
-            f"does. Received: {q!r}"
-        )
-    loc = tf.convert_to_tensor(q.distribution.loc)
-    return loc, tf.convert_to_tensor(q.distribution.scale, loc.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -345,25 +332,19 @@ class IAFEncoder(DistributionLayer):
                 f"closed-form mean or mode. Received: convert_to_tensor_fn={convert_to_tensor_fn!r}"
             )
         super().__init__(convert_to_tensor_fn=convert_to_tensor_fn, seed=seed, **kwargs)
-        latent_dim = getattr(encoder, "latent_dim", None)
-        if not isinstance(latent_dim, int):
-            raise ValueError(
-                "Expected an encoder with an integer `latent_dim` attribute, such as "
-                f"keras_vae.layers.GaussianEncoder. Received: encoder={encoder!r}"
-            )
         self.base_encoder = encoder
-        self.latent_dim = latent_dim
+        self.latent_dim = check_latent_dim(encoder, "an encoder")
         self.num_steps = check_positive_int("num_steps", num_steps)
         self.hidden_units = _dense_stack.check_hidden_units(hidden_units)
         self.activation = activation
         self.max_log_scale = _dense_stack.check_positive_float("max_log_scale", max_log_scale)
         self.mades = [
             MADE(
-                latent_dim,
+                self.latent_dim,
                 self.hidden_units,
                 activation=activation,
                 reverse=bool(t % 2),
-                context_size=2 * latent_dim,
+                context_size=2 * self.latent_dim,
                 dtype=self.dtype_policy,
                 name=f"made_{t}",
             )
@@ -383,7 +364,7 @@ class IAFEncoder(DistributionLayer):
 
     def call(self, inputs, training=None):
         q0 = self.base_encoder(inputs, training=training)
-        loc, scale = _diagonal_gaussian_params(q0)
+        loc, scale = diagonal_gaussian_params(q0, "the base encoder's q0(z|x)")
         context = tf.concat([loc, tf.math.log(scale)], axis=-1)
         flow = InverseAutoregressiveFlow(self.mades, context, self.max_log_scale)
         return self._output(tfd.TransformedDistribution(q0, flow))

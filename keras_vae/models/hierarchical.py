@@ -36,6 +36,7 @@ from keras_vae import objectives
 from keras_vae._internal import distribution as _distribution
 from keras_vae._internal.choices import OBJECTIVES
 from keras_vae._internal.seeds import stateless_seed
+from keras_vae._internal.validation import check_latent_dim
 from keras_vae._internal.validation import check_positive_int
 from keras_vae._internal.version import VERSION
 from keras_vae._internal.version import check_version
@@ -44,16 +45,6 @@ from keras_vae.models._inputs import InputChecks
 from keras_vae.models.training_policy import TrainingPolicy
 
 __all__ = ["HierarchicalVAE"]
-
-
-def _latent_dim(layer, what):
-    latent_dim = getattr(layer, "latent_dim", None)
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int):
-        raise ValueError(
-            f"Expected {what} with an integer `latent_dim` attribute, such as "
-            f"keras_vae.layers.GaussianEncoder. Received: {layer!r}"
-        )
-    return latent_dim
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -126,9 +117,9 @@ class HierarchicalVAE(TrainingPolicy, InputChecks, keras.Model):
         if objective not in OBJECTIVES:
             raise ValueError(f"Expected objective in {OBJECTIVES}. Received: objective={objective!r}")
         check_positive_int("num_samples", num_samples)
-        dims = tuple(_latent_dim(e, f"encoders[{i}]") for i, e in enumerate(encoders))
+        dims = tuple(check_latent_dim(e, f"encoders[{i}]") for i, e in enumerate(encoders))
         for i, p in enumerate(conditional_priors):
-            if _latent_dim(p, f"conditional_priors[{i}]") != dims[i + 1]:
+            if check_latent_dim(p, f"conditional_priors[{i}]") != dims[i + 1]:
                 raise ValueError(
                     f"Expected conditional_priors[{i}] (p(z_{len(dims) - i - 1} | z_{len(dims) - i})) "
                     f"with the latent_dim of encoders[{i + 1}], {dims[i + 1]}. "

@@ -12,6 +12,7 @@ from keras_vae import objectives
 from keras_vae._internal import distribution as _distribution
 from keras_vae._internal.choices import OBJECTIVES
 from keras_vae._internal.seeds import stateless_seed
+from keras_vae._internal.validation import check_latent_dim
 from keras_vae._internal.validation import check_positive_int
 from keras_vae._internal.version import VERSION
 from keras_vae._internal.version import check_version
@@ -121,12 +122,7 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
         check_positive_int("num_samples", num_samples)
         if hasattr(prior, "attach_encoder"):
             prior.attach_encoder(encoder)
-        latent_dim = getattr(encoder, "latent_dim", None)
-        if not isinstance(latent_dim, int):
-            raise ValueError(
-                "Expected an encoder with an integer `latent_dim` attribute, such "
-                f"as keras_vae.layers.GaussianEncoder. Received: encoder={encoder!r}"
-            )
+        latent_dim = check_latent_dim(encoder, "an encoder")
         if prior is None:
             prior = StandardNormalPrior(latent_dim, name="prior")
         elif getattr(prior, "latent_dim", latent_dim) != latent_dim:
