@@ -42,6 +42,7 @@ from keras_vae.layers import GaussianEncoder
 from keras_vae.layers import StandardNormalPrior
 from keras_vae.models import HierarchicalVAE
 from keras_vae.models import VAE
+from keras_vae.models import VQVAE
 
 from keras_vae._internal.version import VERSION as __version__  # noqa: E402
 
@@ -54,6 +55,7 @@ _LAZY_MODULES = ("config", "data", "plotting", "report", "sweep", "training")
 __all__ = [
     "VAE",
     "HierarchicalVAE",
+    "VQVAE",
     "BernoulliDecoder",
     "GaussianDecoder",
     "GaussianEncoder",

@@ -1,4 +1,5 @@
-"""Ready-made encoder and decoder networks for the tools: MLP, gated MLP, conv.
+"""Ready-made encoder and decoder networks for the tools: MLP, gated MLP, conv
+(and the VQ-VAE's conv layers, `make_vq_layers`).
 
 `make_encoder` / `make_decoder` give the layers `tools/train.py
 --architecture {mlp,gated,conv}` trains. The conv networks have the shape
@@ -16,8 +17,10 @@ from keras_vae.layers import BernoulliDecoder
 from keras_vae.layers import GaussianEncoder
 from keras_vae.layers import IAFEncoder
 from keras_vae.layers import MixtureOfGaussiansPrior
+from keras_vae.layers import PixelCNNPrior
 from keras_vae.layers import StandardNormalPrior
 from keras_vae.layers import VampPrior
+from keras_vae.layers import VectorQuantizer
 
 __all__ = [
     "ARCHITECTURES",
@@ -29,6 +32,7 @@ __all__ = [
     "make_decoder",
     "make_encoder",
     "make_hierarchy",
+    "make_vq_layers",
     "with_flow",
 ]
 
@@ -154,3 +158,61 @@ def make_prior(prior, latent_dim, num_components=500, seed=None):
     if prior == "mixture":
         return MixtureOfGaussiansPrior(latent_dim, num_components, seed=seed, name="prior")
     return VampPrior(num_components, seed=seed, name="prior")
+
+
+def make_vq_layers(
+    event_shape,
+    num_codes=128,
+    code_dim=16,
+    filters=(32, 64),
+    commitment_cost=0.25,
+    ema_decay=None,
+    restart_unused=False,
+    prior_filters=64,
+    prior_layers=4,
+    seed=None,
+):
+    """The layers of a `keras_vae.VQVAE` of the keras.io VQ-VAE example's
+    shape: `(encoder, quantizer, decoder, prior)`.
+
+    The encoder is stride-2 3x3 `Conv2D` layers of `filters` (ReLU) and a 1x1
+    convolution to `code_dim` channels: a grid of `H / 2^n x W / 2^n` codes
+    (7 x 7 for MNIST and two layers). The decoder reshapes the flattened
+    codes back to that grid and mirrors the encoder with `Conv2DTranspose`
+    layers up to one logit per pixel (`BernoulliDecoder`). The prior is a
+    `PixelCNNPrior` of `prior_layers` residual masked convolutions of
+    `prior_filters` channels (uniform until `VQVAE.fit_prior`).
+    """
+    _check("conv", event_shape, filters)
+    height, width, channels = event_shape
+    factor = 2 ** len(filters)
+    grid = (height // factor, width // factor)
+    encoder = keras.Sequential(
+        [
+            keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="relu", name=f"conv_{i}")
+            for i, f in enumerate(filters)
+        ]
+        + [keras.layers.Conv2D(code_dim, 1, name="codes")],
+        name="encoder_network",
+    )
+    network = keras.Sequential(
+        [keras.layers.Reshape(grid + (code_dim,), name="grid")]
+        + [
+            keras.layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation="relu", name=f"deconv_{i}")
+            for i, f in enumerate(reversed(filters))
+        ]
+        + [keras.layers.Conv2DTranspose(channels, 3, padding="same", name="logits")],
+        name="decoder_network",
+    )
+    quantizer = VectorQuantizer(
+        num_codes,
+        code_dim,
+        commitment_cost=commitment_cost,
+        ema_decay=ema_decay,
+        restart_unused=restart_unused,
+        seed=seed,
+        name="quantizer",
+    )
+    decoder = BernoulliDecoder(tuple(event_shape), network=network, name="decoder")
+    prior = PixelCNNPrior(num_codes, filters=prior_filters, num_layers=prior_layers, seed=seed, name="code_prior")
+    return encoder, quantizer, decoder, prior

@@ -1,5 +1,6 @@
 """Keras 3 layers that return TensorFlow Probability distributions."""
 
+from keras_vae.layers.code_priors import MaskedConv2D, PixelCNNPrior
 from keras_vae.layers.decoders import BernoulliDecoder, GaussianDecoder
 from keras_vae.layers.encoders import GaussianEncoder
 from keras_vae.layers.flows import IAFEncoder
@@ -11,9 +12,11 @@ from keras_vae.layers.heads import IndependentNormal
 from keras_vae.layers.priors import MixtureOfGaussiansPrior
 from keras_vae.layers.priors import StandardNormalPrior
 from keras_vae.layers.priors import VampPrior
+from keras_vae.layers.quantizer import CodeUsage, VectorQuantizer
 
 __all__ = [
     "BernoulliDecoder",
+    "CodeUsage",
     "GaussianDecoder",
     "GaussianEncoder",
     "DistributionLayer",
@@ -22,7 +25,10 @@ __all__ = [
     "IndependentBernoulli",
     "IndependentNormal",
     "MADE",
+    "MaskedConv2D",
     "MixtureOfGaussiansPrior",
+    "PixelCNNPrior",
     "StandardNormalPrior",
     "VampPrior",
+    "VectorQuantizer",
 ]

@@ -179,8 +179,9 @@ class InputChecks:
     Needs `self.validate_inputs` (False: `fit` and the others pass data on
     unchecked) besides what is listed below.
 
-    Needs `self.encoder` (with `input_event_shape` once built), `self.decoder`
-    (optionally with a `data_range`), `self.beta` and `self.build`.
+    Needs `self.input_event_shape` (once built), `self.decoder` (optionally
+    with a `data_range`), `self.build` and, if the model has a KL weight,
+    `self.beta`.
     """
 
     @staticmethod
@@ -350,7 +351,10 @@ class InputChecks:
             return tf.identity(x)
 
     def _check_beta(self):
-        """Refuses a negative `beta` (a variable callbacks may assign)."""
+        """Refuses a negative `beta` (a variable callbacks may assign; a model
+        without one, `VQVAE`, has nothing to check)."""
+        if getattr(self, "beta", None) is None:
+            return
         beta = float(self.beta.numpy())
         if not beta >= 0:
             raise InputError(f"Expected `beta` >= 0. Received: beta={beta:g}")
