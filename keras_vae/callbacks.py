@@ -388,7 +388,10 @@ class TensorBoardImages(keras.callbacks.Callback):
                     f.write("".join(f"{label}\n" for label in self.labels[: len(x)]))
             self._sprite_written = True
 
-        means = tf.cast(objectives.posterior_location(self.model.encode(x)), tf.float32)
+        if hasattr(self.model, "code_vectors"):  # a VQ-VAE: its codes, flattened
+            means = tf.cast(self.model.code_vectors(x), tf.float32)
+        else:
+            means = tf.cast(objectives.posterior_location(self.model.encode(x)), tf.float32)
         tensor_name = f"latent_means_step_{step}"
         checkpoint = f"latent_means-{step}"
         # A tensor bundle without a variable: creating a variable under a

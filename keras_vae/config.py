@@ -18,10 +18,12 @@ import os
 # The choice lists, declared once in keras_vae/_internal/choices.py (standard
 # library only; tools/_cli.py loads it first when it reads this file alone).
 from keras_vae._internal.choices import ARCHITECTURES  # noqa: E402
+from keras_vae._internal.choices import CODEBOOKS  # noqa: E402
 from keras_vae._internal.choices import DATASETS  # noqa: E402
 from keras_vae._internal.choices import DEFAULT_DATASET  # noqa: E402
 from keras_vae._internal.choices import DTYPE_POLICIES  # noqa: E402
 from keras_vae._internal.choices import FLOWS  # noqa: E402
+from keras_vae._internal.choices import MODELS  # noqa: E402
 from keras_vae._internal.choices import OBJECTIVES  # noqa: E402
 from keras_vae._internal.choices import PRIORS  # noqa: E402
 from keras_vae._internal.choices import STRATEGIES  # noqa: E402
@@ -30,11 +32,13 @@ MAX_DEFAULT_WARMUP_EPOCHS = 10
 
 __all__ = [
     "ARCHITECTURES",
+    "CODEBOOKS",
     "DATASETS",
     "DEFAULT_DATASET",
     "DTYPE_POLICIES",
     "FLOWS",
     "MAX_DEFAULT_WARMUP_EPOCHS",
+    "MODELS",
     "OBJECTIVES",
     "PRIORS",
     "STRATEGIES",
@@ -54,9 +58,16 @@ __all__ = [
 # (epochs, beta, seed, the learning rate's value, the data, ...) can change
 # between the sessions of a run.
 STRUCTURE_FIELDS = (
-    "architecture", "hidden_units", "latent_dim", "latent_layers", "prior", "prior_components",
+    "model", "architecture", "hidden_units", "latent_dim", "latent_layers", "prior", "prior_components",
     "lr_halve_every", "objective", "flow", "num_flows", "flow_hidden_units",
+    "num_codes", "code_dim", "vq_filters", "codebook",
 )  # fmt: skip
+# Those that only a VAE's model depends on, and those only a VQ-VAE's.
+VAE_FIELDS = (
+    "architecture", "hidden_units", "latent_dim", "latent_layers", "prior", "prior_components",
+    "objective", "flow", "num_flows", "flow_hidden_units",
+)  # fmt: skip
+VQ_FIELDS = ("num_codes", "code_dim", "vq_filters", "codebook")
 
 
 def default_name(dataset):
@@ -106,7 +117,8 @@ def structure_differences(previous, config):
     priors are learned ones (the standard normal has no components), and of
     `lr_halve_every` only whether it is 0 (a constant learning rate is an
     optimizer variable; a schedule has none), and `num_flows` and
-    `flow_hidden_units` where both have a flow.
+    `flow_hidden_units` where both have a flow; the fields of one model
+    family (`VAE_FIELDS`, `VQ_FIELDS`) only where both runs are of it.
 
     Args:
         previous: The config a run was trained with: a dict as in its
@@ -127,7 +139,7 @@ def structure_differences(previous, config):
         previous = dataclasses.asdict(previous)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     old = {name: previous.get(name, defaults[name]) for name in STRUCTURE_FIELDS}
-    for name in ("hidden_units", "flow_hidden_units"):
+    for name in ("hidden_units", "flow_hidden_units", "vq_filters"):
         try:
             old[name] = int_tuple(old[name])
         except ValueError:
@@ -135,7 +147,10 @@ def structure_differences(previous, config):
     new = {name: getattr(config, name) for name in STRUCTURE_FIELDS}
     learned = old["prior"] != "standard" and new["prior"] != "standard"
     differences = []
+    family = {"vae": VAE_FIELDS, "vqvae": VQ_FIELDS}
     for name in STRUCTURE_FIELDS:
+        if any(name in family[m] for m in family if m not in (old["model"], new["model"])):
+            continue  # a field of a family neither run (or only one) is of
         if name == "prior_components" and not learned:
             continue
         if name in ("num_flows", "flow_hidden_units") and not (old["flow"] == new["flow"] == "iaf"):
@@ -174,6 +189,14 @@ class TrainConfig:
     """
 
     dataset: str = _option(DEFAULT_DATASET, "TFDS dataset", choices=DATASETS)
+    model: str = _option(
+        "vae",
+        "vae: a VAE (--latent-layers >= 2: a hierarchical VAE); vqvae: a VQ-VAE "
+        "(keras_vae.VQVAE: conv encoder to a grid of --code-dim vectors, nearest of "
+        "--num-codes codes, conv decoder; then a PixelCNN prior over the codes, "
+        "--prior-epochs; the VAE options --architecture ... --flow do not apply)",
+        choices=MODELS,
+    )
     data_dir: str = _option(
         None, "TFDS data directory (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)"
     )
@@ -207,6 +230,28 @@ class TrainConfig:
     flow_hidden_units: tuple = _option(
         (320, 320), "hidden widths of each flow step's MADE (--flow iaf), comma-separated",
         type=int_tuple,
+    )
+    num_codes: int = _option(128, "VQ-VAE: codes K in the codebook")
+    code_dim: int = _option(16, "VQ-VAE: size D of each code (the encoder's output channels)")
+    vq_filters: tuple = _option(
+        (32, 64),
+        "VQ-VAE: filters of the encoder's stride-2 conv layers, comma-separated (two: a 7x7 "
+        "code grid for 28x28 images); the decoder mirrors them",
+        type=int_tuple,
+    )
+    commitment_cost: float = _option(0.25, "VQ-VAE: weight of the commitment loss")
+    codebook: str = _option(
+        "ema",
+        "VQ-VAE: ema, codes set to moving averages of their encoder outputs (decay 0.99); "
+        "gradient, codes moved by the codebook loss",
+        choices=CODEBOOKS,
+    )
+    restart_unused_codes: int = _option(
+        1, "VQ-VAE: 1 restarts codes left unused at encoder outputs of the batch, 0 does not",
+        choices=(0, 1),
+    )
+    prior_epochs: int = _option(
+        10, "VQ-VAE: epochs of the PixelCNN prior fitted to the training codes after training (0: keep it uniform)"
     )
     beta: float = _option(1.0, "final weight of the KL term (1: the ELBO)")
     prior: str = _option(
@@ -296,9 +341,10 @@ class TrainConfig:
             )
         self.hidden_units = int_tuple(self.hidden_units)
         self.flow_hidden_units = int_tuple(self.flow_hidden_units)
+        self.vq_filters = int_tuple(self.vq_filters)
         for name, choices in (
             ("prior", PRIORS), ("objective", OBJECTIVES), ("dtype_policy", DTYPE_POLICIES),
-            ("flow", FLOWS),
+            ("flow", FLOWS), ("model", MODELS), ("codebook", CODEBOOKS), ("restart_unused_codes", (0, 1)),
         ):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ValueError(
@@ -312,7 +358,7 @@ class TrainConfig:
             )
         for name in (
             "epochs", "batch_size", "latent_dim", "latent_layers", "prior_components", "num_samples",
-            "num_flows",
+            "num_flows", "num_codes", "code_dim",
         ):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -321,7 +367,7 @@ class TrainConfig:
                 )
         for name in (
             "warmup_epochs", "lr_halve_every", "patience", "backup_every",
-            "tensorboard_images_every",
+            "tensorboard_images_every", "prior_epochs",
         ):  # fmt: skip
             value = getattr(self, name)
             if value is None and name == "warmup_epochs":
@@ -341,6 +387,8 @@ class TrainConfig:
             )
         if not self.beta >= 0:
             raise ValueError(f"Expected beta >= 0. Received: beta={self.beta}")
+        if not self.commitment_cost >= 0:
+            raise ValueError(f"Expected commitment_cost >= 0. Received: commitment_cost={self.commitment_cost}")
         if self.latent_layers > 1 and self.architecture == "conv":
             raise ValueError(
                 "Expected architecture 'mlp' or 'gated' for a hierarchical VAE (the conditionals "

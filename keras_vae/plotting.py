@@ -27,6 +27,7 @@ __all__ = [
     "latent_interpolations",
     "latent_traversals",
     "plot_all",
+    "plot_codebook_usage",
     "plot_interpolations",
     "plot_latent_space",
     "plot_manifold",
@@ -64,14 +65,53 @@ def _save(fig, path):
     return path
 
 
+def _is_vq(model):
+    """Whether `model` has discrete codes (a `keras_vae.VQVAE`)."""
+    return hasattr(model, "quantizer")
+
+
+def plot_codebook_usage(model, x, path, num_grids=8):
+    """How a VQ-VAE uses its codebook on images `x`: the frequency of each
+    code, most used first (with the perplexity and the codes in use), and
+    the code grids of the first `num_grids` images, one colour per code."""
+    codes = model.code_indices(np.asarray(x))
+    counts = np.bincount(codes.reshape(-1), minlength=model.num_codes)
+    order = np.argsort(-counts, kind="stable")
+    p = counts / counts.sum()
+    nonzero = p[p > 0]
+    perplexity = float(np.exp(-np.sum(nonzero * np.log(nonzero))))
+    fig = plt.figure(figsize=(11, 4.2))
+    ax = fig.add_axes([0.06, 0.42, 0.9, 0.48])
+    ax.bar(np.arange(model.num_codes), p[order], width=1.0, color="C0")
+    ax.set_xlim(-0.5, model.num_codes - 0.5)
+    ax.set_xlabel("codes, most used first")
+    ax.set_ylabel("share of the grid positions")
+    ax.set_title(
+        f"codebook usage on {len(codes)} images: {int((counts > 0).sum())} of {model.num_codes} codes "
+        f"in use, perplexity {perplexity:.1f}",
+        fontsize=10,
+    )
+    grids = codes[:num_grids]
+    if grids.ndim == 3:
+        for i, grid in enumerate(grids):
+            cell = fig.add_axes([0.06 + i * 0.9 / num_grids, 0.02, 0.9 / num_grids * 0.85, 0.26])
+            cell.imshow(grid, cmap="tab20", vmin=0, vmax=max(model.num_codes - 1, 1), interpolation="nearest")
+            cell.set_xticks([])
+            cell.set_yticks([])
+            if i == 0:
+                cell.set_ylabel("code grids", fontsize=8)
+    return _save(fig, path)
+
+
 def plot_reconstructions(model, x, path, num_examples=12):
     """Inputs (top row) above their reconstructions (decoder mean at E_q[z])."""
     x = np.asarray(x)[:num_examples]
     recon = model.reconstruct(x).mean().numpy()
     rows = (_images(x), _images(recon))
     fig, axes = plt.subplots(2, 1, figsize=(num_examples * 0.9, 2.4))
+    what = "E[x | z_q(x)], the nearest codes" if _is_vq(model) else "E[x | z = E_q[z|x]]"
     for ax, images, title in zip(
-        axes, rows, ("input x", "reconstruction E[x | z = E_q[z|x]]")
+        axes, rows, ("input x", f"reconstruction {what}")
     ):
         ax.imshow(_tile(images, 1, len(x)), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(title, fontsize=9, loc="left")
@@ -85,7 +125,8 @@ def plot_samples(model, path, num_samples=64, seed=0):
     images = _images(model.sample(num_samples, seed=seed).mean().numpy())
     fig, ax = plt.subplots(figsize=(side * 0.8, side * 0.8))
     ax.imshow(_tile(images, side, side), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_title(f"{num_samples} samples: E[x|z], z ~ p(z)", fontsize=9)
+    drawn = "E[x|z_q(k)], codes k ~ p(k)" if _is_vq(model) else "E[x|z], z ~ p(z)"
+    ax.set_title(f"{num_samples} samples: {drawn}", fontsize=9)
     ax.axis("off")
     return _save(fig, path)
 
@@ -547,8 +588,11 @@ def plot_training_curves(history, path, objective=None, kl_is_analytic=None):
 def plot_all(model, history, images, output_dir, labels=None, seed=0):
     """Every plot that applies; returns the paths.
 
+    For a `keras_vae.VQVAE`: the reconstructions, samples, codebook usage
+    (`plot_codebook_usage`) and training curves.
+
     Args:
-        model: A `keras_vae.VAE`.
+        model: A `keras_vae.VAE`, `HierarchicalVAE` or `VQVAE`.
         history: Per-epoch metrics (a dict of lists), or None.
         images: Held-out images `[n, *event_shape]` (e.g. 2000 validation
             images) for the reconstructions, the latent space, the
@@ -560,6 +604,16 @@ def plot_all(model, history, images, output_dir, labels=None, seed=0):
     """
     images = np.asarray(images)
     labels = None if labels is None else np.asarray(labels)
+    if _is_vq(model):
+        # Discrete codes: no latent space, traversals or interpolations of z.
+        written = [
+            plot_reconstructions(model, images, os.path.join(output_dir, "reconstructions.png")),
+            plot_samples(model, os.path.join(output_dir, "samples.png"), seed=seed),
+            plot_codebook_usage(model, images, os.path.join(output_dir, "codebook_usage.png")),
+        ]
+        if history:
+            written.append(plot_training_curves(history, os.path.join(output_dir, "training_curves.png")))
+        return written
     written = [
         plot_reconstructions(model, images, os.path.join(output_dir, "reconstructions.png")),
         plot_samples(model, os.path.join(output_dir, "samples.png"), seed=seed),

@@ -46,6 +46,7 @@ from keras_vae import objectives
 from keras_vae import saving
 from keras_vae._internal import precision
 from keras_vae._internal.files import read_json
+from keras_vae._internal.files import write_atomically
 from keras_vae._internal.files import write_json
 from keras_vae.backup import TrainingBackup
 from keras_vae.callbacks import KLWarmup
@@ -53,6 +54,7 @@ from keras_vae.callbacks import StopOnNonFiniteLoss
 from keras_vae.callbacks import TensorBoardImages
 from keras_vae.models import InputError
 from keras_vae.models import HierarchicalVAE
+from keras_vae.models import VQVAE
 from keras_vae.models.vae import VAE
 from keras_vae.optimizers import make_optimizer
 
@@ -90,7 +92,10 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
     The decoder mirrors the encoder. `latent_layers` >= 2 gives a
     `keras_vae.HierarchicalVAE` (`keras_vae.architectures.make_hierarchy`);
     `flow="iaf"` puts an inverse autoregressive flow on every q
-    (`keras_vae.architectures.with_flow`).
+    (`keras_vae.architectures.with_flow`). `model="vqvae"` gives a
+    `keras_vae.VQVAE` instead (`keras_vae.architectures.make_vq_layers`:
+    `num_codes`, `code_dim`, `vq_filters`, `commitment_cost`, `codebook`,
+    `restart_unused_codes`; the VAE fields do not apply).
 
     Every layer is made under `config.dtype_policy` (and saved with it):
     with "mixed_bfloat16" the networks compute in bfloat16 with float32
@@ -106,6 +111,18 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
         return architectures.with_flow(encoder, config.flow, config.num_flows, config.flow_hidden_units)
 
     with precision.dtype_policy_scope(config.dtype_policy):
+        if config.model == "vqvae":
+            layers = architectures.make_vq_layers(
+                event_shape,
+                num_codes=config.num_codes,
+                code_dim=config.code_dim,
+                filters=config.vq_filters,
+                commitment_cost=config.commitment_cost,
+                ema_decay=0.99 if config.codebook == "ema" else None,
+                restart_unused=bool(config.restart_unused_codes),
+                seed=config.seed,
+            )
+            return VQVAE(*layers, seed=config.seed, input_shape=input_shape, name="vqvae")
         common = {
             "prior": architectures.make_prior(
                 config.prior, config.latent_dim, config.prior_components, seed=config.seed
@@ -142,6 +159,7 @@ def paths(output_dir):
         "plots": os.path.join(output_dir, "plots"),
         "evaluation": os.path.join(output_dir, "evaluation.json"),
         "status": os.path.join(output_dir, "status.json"),
+        "prior_history": os.path.join(output_dir, "prior_history.csv"),
     }
 
 
@@ -285,6 +303,8 @@ def _resolve_warmup(config, previous_config_path):
     `config.json`; a new run gets `min(10, epochs // 2)`. Warns when the
     warm-up does not end before the last epoch.
     """
+    if config.model == "vqvae":
+        return dataclasses.replace(config, warmup_epochs=0)  # no KL weight to warm up
     warmup = config.warmup_epochs
     if warmup is None and previous_config_path and os.path.exists(previous_config_path):
         try:
@@ -406,7 +426,7 @@ def train(config, fresh=False, strategy=None):
         if config.verbose:
             print(finished)
         if chief and os.path.exists(files["best"]):
-            model = saving.load_model(files["best"])
+            model = _code_prior_phase(config, saving.load_model(files["best"]), files)
         return model, read_history(files["history"])
     config = _resolve_warmup(config, files["config"] if state is not None else None)
     if chief:
@@ -427,16 +447,60 @@ def train(config, fresh=False, strategy=None):
         return model, read_history(files["history"])
     model.save(files["last"])
     best = saving.load_model(files["best"]) if os.path.exists(files["best"]) else model
-    return best, read_history(files["history"])
+    return _code_prior_phase(config, best, files), read_history(files["history"])
 
 
 # ------------------------------------------------------------ train()'s phases
 
 
+def _code_prior_phase(config, model, files):
+    """A VQ-VAE run's last phase: its PixelCNN prior fitted to the training
+    codes of the best model (`VQVAE.fit_prior`, `config.prior_epochs` epochs,
+    history in `prior_history.csv`), saved into `best.keras`, and recorded in
+    `status.json` under `code_prior` (`step`, `epochs`, `seconds`,
+    `log_prob`, `val_log_prob`). Done once per trained step: a rerun of a
+    complete run with its prior fitted changes nothing; an interrupted prior
+    fit starts over (it has no backups: minutes, not hours). Other models,
+    and `prior_epochs=0`, pass through."""
+    if config.model != "vqvae" or not config.prior_epochs:
+        return model
+    status = read_status(config.output_dir) or {}
+    done = status.get("code_prior") or {}
+    if done.get("step") == status.get("step") and done.get("epochs") == config.prior_epochs:
+        return model
+    start = time.time()
+    load = functools.partial(
+        data_lib.load, config.dataset, batch_size=500, shuffle=False, data_dir=config.data_dir, take=config.take
+    )
+    if os.path.exists(files["prior_history"]):
+        os.remove(files["prior_history"])
+    if config.verbose:
+        print(f"Fitting the code prior ({config.prior_epochs} epochs) to the training codes of {files['best']}")
+    history = model.fit_prior(
+        load(config.train_split),
+        validation_data=load(config.validation_split) if config.validation_split else None,
+        epochs=config.prior_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        verbose=config.verbose,
+        callbacks=[keras.callbacks.CSVLogger(files["prior_history"])],
+    ).history
+    write_atomically(files["best"], model.save)
+    status["code_prior"] = {
+        "step": status.get("step"),
+        "epochs": config.prior_epochs,
+        "seconds": round(time.time() - start, 1),
+        "log_prob": history["log_prob"][-1],
+        "val_log_prob": history.get("val_log_prob", [None])[-1],
+    }
+    write_json(files["status"], status)
+    return model
+
+
 def _delete_run_files(files):
     """`fresh=True`: the run's backup, history, models, status and evaluation go."""
     shutil.rmtree(files["backup"], ignore_errors=True)
-    for key in ("history", "best", "last", "status", "evaluation"):
+    for key in ("history", "best", "last", "status", "evaluation", "prior_history"):
         if os.path.exists(files[key]):
             os.remove(files[key])
 
@@ -509,7 +573,6 @@ def _callbacks(config, files, side, backup, status_writer, steps_per_epoch, val_
     if previous:
         best_checkpoint.best = max(previous)  # do not overwrite a better model
     callbacks = [
-        KLWarmup(config.warmup_epochs, end=config.beta),
         StopOnNonFiniteLoss(backup, steps_per_epoch=steps_per_epoch),
         backup,
         best_checkpoint,
@@ -517,6 +580,8 @@ def _callbacks(config, files, side, backup, status_writer, steps_per_epoch, val_
         keras.callbacks.TensorBoard(side["tensorboard"]),
         status_writer,
     ]
+    if config.model != "vqvae":  # a VQ-VAE has no KL weight (its KL is N log K)
+        callbacks.insert(0, KLWarmup(config.warmup_epochs, end=config.beta))
     if chief and config.tensorboard_images_every:
         callbacks.append(_tensorboard_images(config, files["tensorboard"]))
     early_stopping = None

@@ -16,6 +16,11 @@ PRIORS = ("standard", "mixture", "vamp")
 # Posterior families of keras_vae.architectures.with_flow: a diagonal Gaussian
 # ("none") or one pushed through an inverse autoregressive flow.
 FLOWS = ("none", "iaf")
+# Model families of tools/train.py --model: the VAEs (one latent layer, or a
+# hierarchy with --latent-layers) and the vector-quantized auto-encoder.
+MODELS = ("vae", "vqvae")
+# How a VQ-VAE's codebook learns: its loss's gradient, or moving averages.
+CODEBOOKS = ("gradient", "ema")
 # Training objectives of keras_vae.VAE.
 OBJECTIVES = ("elbo", "iwae")
 # tf.distribute strategies of keras_vae.distribute.make_strategy.

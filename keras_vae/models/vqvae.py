@@ -193,6 +193,11 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
         x = self._prepare(x)
         return self.quantizer.nearest_codes(self.encoder(x, training=False))
 
+    def code_vectors(self, x):
+        """z_q(x), the code vectors of x flattened, `[B, grid_size * D]`
+        (what the decoder reads; the TensorBoard projector shows them)."""
+        return self._flat_codes(self.quantizer.lookup(self.encode(x)))
+
     def decode(self, indices, training=False):
         """p(x | z_q) for code indices `[B, *grid]`, as a `tfd.Distribution`."""
         codes = self.quantizer.lookup(indices)
@@ -363,8 +368,9 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
             self._build_for(x)
         codes = self.code_indices(x)
         validation = None if validation_data is None else (self.code_indices(validation_data),)
-        trainer = CodePriorTrainer(self.prior, grid_shape=self.grid_shape)
-        trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
+        with _distribution.creation_scope(self):
+            trainer = CodePriorTrainer(self.prior, grid_shape=self.grid_shape)
+            trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
         return trainer.fit(codes, validation_data=validation, epochs=epochs, batch_size=batch_size, **kwargs)
 
     # ------------------------------------------------------------- saving
