@@ -27,6 +27,30 @@ log_likelihood      x, noise [B, k, D]                log_likelihood [B]: the IW
 serving_default     x [B, *event]                     mean [B, *event] (reconstruction)
 ==================  ================================  =====================================
 
+A `keras_vae.VQVAE` exports `VQ_SIGNATURES` instead, with code grids k of
+int32 indices `[B, *grid]` in place of z:
+
+==================  ================================  =====================================
+signature           inputs                            outputs
+==================  ================================  =====================================
+encode              x [B, *event]                     indices [B, *grid] (int32; -1 in
+                                                      every position of a bad row)
+decode              indices [B, *grid] (int32)        mean [B, *event], logits (Bernoulli)
+                                                      or loc / scale (NaN for a row with
+                                                      an index outside [0, K))
+prior_log_prob      indices [B, *grid]                log_prob [B], nats (uniform: -N log K)
+elbo                x [B, *event]                     elbo, reconstruction, kl [B]: the
+                                                      bound log p(x|z_q(x)) + log p(k(x))
+sample              uniform [B, *grid] in [0, 1)      mean [B, *event], indices [B, *grid]
+                                                      (the prior's inverse CDF, position
+                                                      by position)
+log_joint           x, indices                        log_prob = log p(x|z_q(k)) + log p(k),
+                                                      log_px_given_z [B]
+log_likelihood      x [B, *event]                     log_likelihood [B]: the bound (a
+                                                      deterministic posterior: no noise)
+serving_default     x [B, *event]                     mean [B, *event] (reconstruction)
+==================  ================================  =====================================
+
 L is the (top) latent size, D = `model.noise_dim` the size of all latents
 (L for a one-layer VAE). **Every signature is a function of its inputs**: no
 random op, no variable it updates, so the same inputs give the same outputs
@@ -107,6 +131,7 @@ import tensorflow_probability as tfp
 from keras_vae import objectives
 from keras_vae._internal.choices import LEGACY_SIGNATURES
 from keras_vae._internal.choices import SIGNATURES
+from keras_vae._internal.choices import VQ_SIGNATURES
 from keras_vae._internal.validation import is_int
 from keras_vae._internal.version import VERSION
 from keras_vae.layers import BernoulliDecoder
@@ -122,11 +147,13 @@ __all__ = [
     "WARMUP_FILE",
     "warmup_inputs",
     "SIGNATURES",
+    "VQ_SIGNATURES",
     "build_archive",
     "describe",
     "existing_versions",
     "export_for_serving",
     "needs_uniform",
+    "signature_names",
 ]
 
 # The model's description, relative to a version directory.
@@ -188,7 +215,8 @@ def _likelihood(model):
         return {"name": "bernoulli"}
     if isinstance(decoder, GaussianDecoder):
         return {"name": "gaussian", "scale": decoder.scale, "min_scale": decoder.min_scale}
-    p = model.decode(tf.zeros([1, model.latent_dim]))
+    z = tf.zeros([1] + list(model.grid_shape), tf.int32) if _is_vq(model) else tf.zeros([1, model.latent_dim])
+    p = model.decode(z)
     return {"name": _likelihood_name(p), "distribution": type(_base(p)).__name__}
 
 
@@ -224,6 +252,8 @@ def describe(model):
     {'name': 'bernoulli'}
     """
     _check_built(model)
+    if _is_vq(model):
+        return _describe_vq(model)
     description = {
         "format": DESCRIPTION_FORMAT,
         "keras_vae_version": VERSION,
@@ -239,6 +269,36 @@ def describe(model):
         "signatures": list(SIGNATURES),
     }
     # A JSON round trip: tuples become lists, as a reader will see them.
+    return json.loads(json.dumps(description))
+
+
+def _is_vq(model):
+    """Whether `model` has discrete codes (a `keras_vae.VQVAE`)."""
+    return hasattr(model, "quantizer")
+
+
+def signature_names(model):
+    """The signatures `model`'s export holds: `SIGNATURES`, or
+    `VQ_SIGNATURES` for a `keras_vae.VQVAE`."""
+    return list(VQ_SIGNATURES if _is_vq(model) else SIGNATURES)
+
+
+def _describe_vq(model):
+    """`describe` for a VQ-VAE: its codebook and code grid instead of z."""
+    description = {
+        "format": DESCRIPTION_FORMAT,
+        "keras_vae_version": VERSION,
+        "event_shape": [int(d) for d in model.input_event_shape],
+        "model": type(model).__name__,
+        "grid_shape": [int(d) for d in model.grid_shape],
+        "num_codes": int(model.num_codes),
+        "code_dim": int(model.code_dim),
+        "likelihood": _likelihood(model),
+        "prior": None if model.prior is None else keras.saving.serialize_keras_object(model.prior),
+        "quantizer": keras.saving.serialize_keras_object(model.quantizer),
+        "decoder": _describe_layer(model.decoder),
+        "signatures": list(VQ_SIGNATURES),
+    }
     return json.loads(json.dumps(description))
 
 
@@ -262,16 +322,26 @@ def _portable_input(model, x):
     ([0, 1] for a Bernoulli; finite otherwise), NaN for any other row (NaN
     and infinities fail every comparison). Comparisons and a min: no
     `Assert`, which converters drop."""
+    x, valid = _valid_rows(model, x)
+    return x, _nan_unless(valid)
+
+
+def _valid_rows(model, x):
+    """`(x, valid)`: x as the model computes on it and `valid` `[B]`, 1.0
+    for a row inside the likelihood's `data_range`, else 0.0."""
     # A graph session (TF Serving's) does not check x against the signature's
     # shape: a reshape refuses rows of another size, in every runtime.
     x = tf.reshape(tf.cast(x, tf.float32), [-1] + list(model.input_event_shape))
     low, high = getattr(model.decoder, "data_range", None) or (-_FLOAT32_MAX, _FLOAT32_MAX)
     inside = tf.cast(x >= low, tf.float32) * tf.cast(x <= high, tf.float32)
     valid = tf.reduce_min(tf.reshape(inside, [tf.shape(x)[0], -1]), axis=1)
-    # sqrt(0) = 0 for a valid row, sqrt(-1) = NaN for any other: arithmetic
-    # (tf2onnx turned a tf.where between 0 and NaN into NaN everywhere).
-    invalid = tf.sqrt(valid - 1.0)
-    return tf.cast(x, model.variable_dtype), invalid
+    return tf.cast(x, model.variable_dtype), valid
+
+
+def _nan_unless(valid):
+    """0 where `valid` is 1, NaN where it is 0: sqrt(0) and sqrt(-1), arithmetic
+    (tf2onnx turned a tf.where between 0 and NaN into NaN everywhere)."""
+    return tf.sqrt(valid - 1.0)
 
 
 def _masked(outputs, invalid):
@@ -298,6 +368,8 @@ def build_archive(model):
     and a row whose x is out of range gives NaN outputs (`_portable_input`).
     """
     _check_built(model)
+    if _is_vq(model):
+        return _vq_archive(model)
     event_shape = list(model.input_event_shape)
     latent_dim, noise_dim = model.latent_dim, model.noise_dim
     x_spec = tf.TensorSpec([None] + event_shape, tf.float32, name="x")
@@ -370,6 +442,79 @@ def build_archive(model):
     return archive
 
 
+def _vq_archive(model):
+    """`build_archive` for a VQ-VAE: `VQ_SIGNATURES` (see the module docstring)."""
+    grid = list(model.grid_shape)
+    x_spec = tf.TensorSpec([None] + list(model.input_event_shape), tf.float32, name="x")
+    k_spec = tf.TensorSpec([None] + grid, tf.int32, name="indices")
+    uniform_spec = tf.TensorSpec([None] + grid, tf.float32, name="uniform")
+    axes = list(range(1, len(grid) + 1))
+
+    def checked_codes(indices):
+        """(indices clipped into [0, K), NaN-or-0 per row: any index outside)."""
+        inside = tf.cast(indices >= 0, tf.float32) * tf.cast(indices < model.num_codes, tf.float32)
+        valid = tf.reduce_min(inside, axis=axes)
+        return tf.clip_by_value(indices, 0, model.num_codes - 1), _nan_unless(valid)
+
+    def terms(x, indices):
+        """log p(x | z_q(k)) and log p(k), `[B]` each, float32."""
+        joint = model.joint_terms(x, indices)
+        return joint["log_px_given_z"], joint["log_prob"] - joint["log_px_given_z"]
+
+    def codes_of(x):
+        return model.quantizer.nearest_codes(model.encoder(x, training=False))
+
+    def serving_default(x):
+        x, invalid = _portable_input(model, x)
+        return _masked({"mean": model.reconstruction_mean(x)}, invalid)
+
+    def encode(x):
+        x, valid = _valid_rows(model, x)
+        keep = tf.reshape(tf.cast(valid, tf.int32), [-1] + [1] * len(grid))
+        # -1 in every position of a bad row: integer arithmetic, no where.
+        return {"indices": codes_of(x) * keep + (keep - 1)}
+
+    def decode(indices):
+        indices, invalid = checked_codes(indices)
+        return _masked(_decoder_outputs(model.decode(indices)), invalid)
+
+    def prior_log_prob(indices):
+        indices, invalid = checked_codes(indices)
+        return _masked({"log_prob": model.code_log_prob(indices)}, invalid)
+
+    def elbo(x):
+        x, invalid = _portable_input(model, x)
+        log_px, log_pk = terms(x, codes_of(x))
+        return _masked({"elbo": log_px + log_pk, "reconstruction": log_px, "kl": -log_pk}, invalid)
+
+    def sample(uniform):
+        indices = model.sample_codes_from_uniform(uniform)
+        return {"mean": tf.cast(model.decode(indices).mean(), tf.float32), "indices": indices}
+
+    def log_joint(x, indices):
+        x, invalid = _portable_input(model, x)
+        indices, bad_codes = checked_codes(indices)
+        log_px, log_pk = terms(x, indices)
+        return _masked({"log_prob": log_px + log_pk, "log_px_given_z": log_px}, invalid + bad_codes)
+
+    def log_likelihood(x):
+        x, invalid = _portable_input(model, x)
+        log_px, log_pk = terms(x, codes_of(x))
+        return _masked({"log_likelihood": log_px + log_pk}, invalid)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serving_default, input_signature=[x_spec])
+    archive.add_endpoint("encode", encode, input_signature=[x_spec])
+    archive.add_endpoint("decode", decode, input_signature=[k_spec])
+    archive.add_endpoint("prior_log_prob", prior_log_prob, input_signature=[k_spec])
+    archive.add_endpoint("elbo", elbo, input_signature=[x_spec])
+    archive.add_endpoint("sample", sample, input_signature=[uniform_spec])
+    archive.add_endpoint("log_joint", log_joint, input_signature=[x_spec, k_spec])
+    archive.add_endpoint("log_likelihood", log_likelihood, input_signature=[x_spec])
+    return archive
+
+
 def export_for_serving(model, base_dir, version=None, verbose=False):
     """Writes `model` to `base_dir/<version>/` atomically; returns that path.
 
@@ -435,6 +580,19 @@ def warmup_inputs(model, batch=1):
     """`{signature: {input: array}}`: one request per signature, `batch` rows
     of valid inputs (images of 0.5, codes and noise of 0, uniforms of 0.5;
     `log_likelihood` with k = 2), what the export's warmup file sends."""
+    if _is_vq(model):
+        x = np.full([batch] + list(model.input_event_shape), 0.5, np.float32)
+        indices = np.zeros([batch] + list(model.grid_shape), np.int32)
+        return {
+            "serving_default": {"x": x},
+            "encode": {"x": x},
+            "decode": {"indices": indices},
+            "prior_log_prob": {"indices": indices},
+            "elbo": {"x": x},
+            "sample": {"uniform": np.full([batch] + list(model.grid_shape), 0.5, np.float32)},
+            "log_joint": {"x": x, "indices": indices},
+            "log_likelihood": {"x": x},
+        }
     event, latent_dim, noise_dim = list(model.input_event_shape), model.latent_dim, model.noise_dim
     x = np.full([batch] + event, 0.5, np.float32)
     z, noise = np.zeros([batch, latent_dim], np.float32), np.zeros([batch, noise_dim], np.float32)

@@ -223,6 +223,14 @@ class ExportedVAE:
             )
         self.path = path
         self.loaded = tf.saved_model.load(path)
+        described = read_description(path) or {}
+        if described.get("model") == "VQVAE":
+            raise ValueError(
+                "Expected the export of a VAE (continuous z: ExportedVAE evaluates through "
+                f"posterior_sample and log_joint). Received: {path}, a VQVAE export: call its "
+                f"signatures {described.get('signatures')} directly (tf.saved_model.load or "
+                "keras.layers.TFSMLayer), e.g. log_likelihood(x) for its bound"
+            )
         # Exports of today's signatures answer the importance-sampling
         # contract; older ones (LEGACY_SIGNATURES) are read as before.
         self.portable = all(s in self.loaded.signatures for s in SIGNATURES)

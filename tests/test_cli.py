@@ -729,3 +729,46 @@ def test_train_a_hierarchical_or_flow_model_reload_export_and_evaluate_the_expor
     # The IWAE bound is at least the ELBO (k = 5; the ELBO's KL is estimated
     # on other samples, hence the slack), and not far from it on a 1-epoch model.
     assert -result["elbo"] - 50.0 <= result["nll"] <= -result["elbo"] + 5.0
+
+
+def test_train_a_vqvae_writes_its_report_fits_its_prior_once_and_exports(mock_tfds, tmp_path, capsys):
+    """What issue 25 asks from the CLI: `--model vqvae` trains, fits the code
+    prior, evaluates the bound, plots codebook usage, writes the report and
+    exports the VQ signatures; a rerun changes nothing."""
+    from keras_vae import export
+
+    output_dir, export_dir = tmp_path / "run", tmp_path / "saved"
+    argv = _train_argv(
+        output_dir, "--model", "vqvae", "--num-codes", "8", "--code-dim", "3", "--vq-filters", "4,8",
+        "--prior-epochs", "1", "--export-dir", str(export_dir),
+    )  # fmt: skip
+    with mock_tfds(num_examples=TAKE, max_value=2):
+        report = _tool("train").main(argv)
+        status = json.loads((output_dir / "status.json").read_text())
+        capsys.readouterr()
+        again = _tool("train").main(argv)
+        rerun = capsys.readouterr().out
+        evaluated = _tool("evaluate").main(
+            [str(output_dir), "--take", str(TAKE), "--samples", "5", "--verbose", "0", "--split", "validation"]
+        )
+    result = report["splits"]["validation"]
+    assert np.isfinite(result["nll"]) and result["num_samples"] == 1 and result["gap"] == 0.0
+    assert result["nll"] == pytest.approx(-result["elbo"])
+    assert 1 <= result["active_units"] <= 8 == result["latent_dim"]
+    assert evaluated["validation"]["nll"] == pytest.approx(result["nll"], rel=1e-5)
+    assert status["code_prior"]["step"] == status["step"] and status["code_prior"]["epochs"] == 1
+    assert "Fitting the code prior" not in rerun and again["export"] == report["export"]
+    assert json.loads((output_dir / "status.json").read_text()) == status
+    for name in ("reconstructions", "samples", "codebook_usage", "training_curves"):
+        assert (output_dir / "plots" / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (output_dir / "report.html").exists()
+    model = keras.saving.load_model(str(output_dir / "best.keras"))
+    assert isinstance(model, keras_vae.VQVAE) and model.grid_shape == (7, 7)
+    assert np.ptp(model.prior(np.zeros((1, 7, 7), "int32")).numpy()) > 0  # the fitted prior was saved
+    loaded = __import__("tensorflow").saved_model.load(report["export"])
+    assert set(export.VQ_SIGNATURES) <= set(loaded.signatures)
+    x = (np.random.default_rng(0).random((2, 28, 28, 1)) < 0.5).astype("float32")
+    np.testing.assert_array_equal(loaded.signatures["encode"](x=x)["indices"].numpy(), model.encode(x).numpy())
+    np.testing.assert_allclose(
+        loaded.signatures["log_likelihood"](x=x)["log_likelihood"].numpy(), model.elbo(x).numpy(), rtol=1e-5, atol=1e-3
+    )

@@ -6,7 +6,8 @@ with TFLite's builtins (TF's own converter) and, where tf2onnx and
 onnxruntime are installed, to ONNX, run on the same inputs and compared with
 TensorFlow; out-of-range rows give NaN in every runtime. Then the contract:
 `posterior_sample` + `log_joint` give the model's own log weights and the
-evaluator's NLL, for a one-layer VAE and a hierarchical one.
+evaluator's NLL, for a one-layer VAE and a hierarchical one; a VQ-VAE's
+signatures (code grids in and out) give its own codes, bound and samples.
 """
 
 import types
@@ -32,10 +33,21 @@ MODELS = {
     "vamp": (1, "vamp", "none"),
     "hierarchical": (2, "vamp", "none"),
     "iaf": (1, "vamp", "iaf"),
+    "vqvae": None,  # a VQ-VAE: code grids, a PixelCNN prior
 }
 
 
 def _model(name):
+    x = (np.random.default_rng(0).random((16,) + EVENT) < 0.5).astype("float32")
+    if name == "vqvae":
+        # 8x8 images, a 2x2 code grid: `sample` unrolls one prior pass per position.
+        x = x[:, :8, :8]
+        config = config_lib.TrainConfig(model="vqvae", num_codes=8, code_dim=3, vq_filters=(4, 8), seed=0)
+        model = training.build_vae(config, input_shape=(None, 8, 8, 1))
+        model.compile()
+        model.fit(x, epochs=1, batch_size=8, verbose=0)
+        model.fit_prior(x, epochs=2, batch_size=8, learning_rate=0.05, verbose=0)  # not uniform any more
+        return model
     layers, prior, flow = MODELS[name]
     config = config_lib.TrainConfig(
         latent_layers=layers, architecture="gated", hidden_units=(16,), latent_dim=3,
@@ -44,13 +56,30 @@ def _model(name):
     )
     model = training.build_vae(config)
     model.compile()
-    x = (np.random.default_rng(0).random((16,) + EVENT) < 0.5).astype("float32")
     model.fit(x, epochs=1, batch_size=8, verbose=0)
     return model
 
 
+def _vq_inputs(model, x):
+    rng = np.random.default_rng(1)
+    grid = (BATCH,) + tuple(model.grid_shape)
+    indices = rng.integers(0, model.num_codes, grid).astype("int32")
+    return {
+        "serving_default": {"x": x},
+        "encode": {"x": x},
+        "decode": {"indices": indices},
+        "prior_log_prob": {"indices": indices},
+        "elbo": {"x": x},
+        "sample": {"uniform": rng.random(grid).astype("float32")},
+        "log_joint": {"x": x, "indices": indices},
+        "log_likelihood": {"x": x},
+    }
+
+
 def _inputs(model, x):
     """Inputs for every signature (x, noise, uniform, z at fixed seeds)."""
+    if hasattr(model, "quantizer"):
+        return _vq_inputs(model, x)
     rng = np.random.default_rng(1)
     L, D = model.latent_dim, model.noise_dim
     normal = lambda *shape: rng.standard_normal(shape).astype("float32")  # noqa: E731
@@ -76,7 +105,7 @@ def case(request, tmp_path_factory):
     model = _model(request.param)
     path = export.export_for_serving(model, str(tmp_path_factory.mktemp(request.param)))
     loaded = tf.saved_model.load(path)
-    x = (np.random.default_rng(2).random((BATCH,) + EVENT) < 0.5).astype("float32")
+    x = (np.random.default_rng(2).random((BATCH,) + tuple(model.input_event_shape)) < 0.5).astype("float32")
     bad = x.copy()
     bad[0] *= 255.0  # an 8-bit image not divided by 255
     bad[2, 3, 3, 0] = np.nan
@@ -95,7 +124,7 @@ def case(request, tmp_path_factory):
 def _check_runtime(case, run):
     """`run(signature, feed)` of another runtime agrees with TensorFlow on
     every signature, repeats itself, and gives NaN for the bad rows only."""
-    for signature in export.SIGNATURES:
+    for signature in export.signature_names(case.model):
         feed = case.inputs[signature]
         expected = case.tf_outputs(signature, feed)
         got = run(signature, feed)
@@ -111,6 +140,10 @@ def _check_runtime(case, run):
         if "x" in feed:
             bad = run(signature, case.bad_inputs[signature])
             for key, value in bad.items():
+                if value.dtype.kind == "i":  # code indices: -1 marks a bad row
+                    assert np.all(value[[0, 2]] == -1), (signature, key)
+                    np.testing.assert_array_equal(value[1], expected[key][1], err_msg=(signature, key))
+                    continue
                 assert np.all(np.isnan(value[[0, 2]])), (signature, key)
                 np.testing.assert_allclose(value[1], expected[key][1], rtol=1e-5, atol=1e-4, err_msg=(signature, key))
 
@@ -149,7 +182,48 @@ def test_every_signature_runs_in_onnx_runtime(case):
     _check_runtime(case, run)
 
 
+def _vae_only(case):
+    if case.name == "vqvae":
+        pytest.skip("a VQ-VAE's posterior is deterministic: test_vq_signatures_are_the_models_own_numbers")
+
+
+def test_exported_vae_refuses_a_vq_export_by_name(case):
+    if case.name != "vqvae":
+        pytest.skip("VQ-VAE exports")
+    with pytest.raises(ValueError, match="a VQVAE export"):
+        exported_lib.ExportedVAE(case.path)
+
+
+def test_vq_signatures_are_the_models_own_numbers(case):
+    if case.name != "vqvae":
+        pytest.skip("VQ-VAE signatures")
+    model, x = case.model, case.x
+    codes = model.encode(x).numpy()
+    np.testing.assert_array_equal(case.tf_outputs("encode", {"x": x})["indices"], codes)
+    terms = model.terms(x)
+    served = case.tf_outputs("elbo", {"x": x})
+    atol = float32_atol(terms["reconstruction"].numpy())
+    for key in ("elbo", "reconstruction", "kl"):
+        np.testing.assert_allclose(served[key], terms[key].numpy(), rtol=1e-5, atol=atol, err_msg=key)
+    bound = case.tf_outputs("log_likelihood", {"x": x})["log_likelihood"]
+    np.testing.assert_allclose(bound, terms["elbo"].numpy(), rtol=1e-5, atol=atol)
+    joint = case.tf_outputs("log_joint", {"x": x, "indices": codes})
+    np.testing.assert_allclose(joint["log_prob"], terms["elbo"].numpy(), rtol=1e-5, atol=atol)
+    feed = case.inputs["sample"]
+    sampled = case.tf_outputs("sample", feed)
+    np.testing.assert_array_equal(sampled["indices"], model.prior.sample_from_uniform(feed["uniform"]).numpy())
+    np.testing.assert_allclose(sampled["mean"], model.decode(sampled["indices"]).mean().numpy(), rtol=1e-5, atol=1e-6)
+    prior = case.tf_outputs("prior_log_prob", {"indices": codes})["log_prob"]
+    np.testing.assert_allclose(prior, model.prior.log_prob(codes).numpy(), rtol=1e-5, atol=1e-4)
+    assert np.ptp(model.prior(codes).numpy()) > 0  # a fitted, non-uniform prior
+    bad = codes.copy()
+    bad[0, 0, 0] = model.num_codes  # outside [0, K)
+    decoded = case.tf_outputs("decode", {"indices": bad})
+    assert np.all(np.isnan(decoded["mean"][0])) and np.all(np.isfinite(decoded["mean"][1:]))
+
+
 def test_posterior_sample_and_log_joint_are_the_models_own_numbers(case):
+    _vae_only(case)
     model, feed = case.model, case.inputs["posterior_sample"]
     served = case.tf_outputs("posterior_sample", feed)
     z, log_q = (t.numpy() for t in model.posterior_sample(tf.constant(feed["x"]), tf.constant(feed["noise"])))
@@ -192,6 +266,7 @@ def test_the_export_gives_the_evaluators_nll_through_the_contract(case):
     """`ExportedVAE` evaluates with `posterior_sample` and `log_joint` only;
     its NLL agrees with the Keras model's evaluator within Monte Carlo error
     (other noise streams: TFP's samplers against stateless normals)."""
+    _vae_only(case)
     exported = exported_lib.ExportedVAE(case.path)
     assert exported.portable and exported.noise_dim == case.model.noise_dim
     x = (np.random.default_rng(4).random((6,) + EVENT) < 0.5).astype("float32")

@@ -40,6 +40,17 @@ SIGNATURES = (
     "log_likelihood",
     "serving_default",
 )
+# The signatures of a VQ-VAE's export (keras_vae.export), serving_default last.
+VQ_SIGNATURES = (
+    "encode",
+    "decode",
+    "prior_log_prob",
+    "elbo",
+    "sample",
+    "log_joint",
+    "log_likelihood",
+    "serving_default",
+)
 # Those of exports written before randomness came in as an input (description
 # format 1 and older; `sample` took a count, `encode` / `elbo` drew their own noise).
 LEGACY_SIGNATURES = ("encode", "decode", "prior_log_prob", "elbo", "sample", "serving_default")

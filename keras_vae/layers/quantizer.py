@@ -191,6 +191,10 @@ class VectorQuantizer(keras.layers.Layer):
             + tf.reduce_sum(tf.square(codebook), axis=1)[tf.newaxis, :]
         )
         indices = tf.argmin(distances, axis=1, output_type=tf.int32)
+        # Clipped: for a vector with NaN, TFLite's argmin can fall outside
+        # [0, K), and the gather of its code would fail (the exports mark
+        # such rows NaN; TensorFlow's own argmin stays inside).
+        indices = tf.clip_by_value(indices, 0, self.num_codes - 1)
         return tf.reshape(indices, tf.shape(inputs)[:-1])
 
     def lookup(self, indices):

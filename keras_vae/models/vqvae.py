@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae import objectives
 from keras_vae._internal import distribution as _distribution
 from keras_vae._internal.seeds import stateless_seed
 from keras_vae._internal.validation import check_positive_int
@@ -268,6 +269,14 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
             "indices": quantized["indices"],
             "z_e": z_e,
         }
+
+    def joint_terms(self, x, indices, training=False):
+        """`log_prob` (log p(x | z_q(k)) + log p(k)) and `log_px_given_z`,
+        `[B]` each, for prepared x and code grids `indices`, with ops every
+        runtime has (`objectives.portable_log_likelihood`): the exports'."""
+        codes = self._flat_codes(self.quantizer.lookup(indices))
+        log_px = tf.cast(objectives.portable_log_likelihood(self.decoder, codes, x, training), tf.float32)
+        return {"log_prob": log_px + self.code_log_prob(indices), "log_px_given_z": log_px}
 
     def elbo(self, x):
         """The bound log p(x | z_q(x)) + log p(k(x)) per example, nats `[B]`."""
