@@ -242,7 +242,7 @@ def _evaluate_codes(model, dataset, verbose, return_per_example):
     -log p(k(x)), `active_units` the codes in use of `latent_dim` =
     `num_codes`, `perplexity` of their frequencies, `num_samples` 1.
     """
-    terms = tf.function(lambda x: model.terms(x, prepared=True))
+    terms = tf.function(lambda x: model.terms(x, prepared=True), autograph=False)
     per = {"reconstruction": [], "kl": []}
     counts = np.zeros(model.num_codes, np.int64)
     progbar = keras.utils.Progbar(None, unit_name="batch", stateful_metrics=["nll"]) if verbose else None
@@ -319,12 +319,24 @@ TABLE_ROWS = (
 )
 
 
+# Labels of a VQ-VAE's rows where they differ (`evaluate` of a model with a
+# deterministic posterior: the bound, no importance sampling; codes, not units).
+_VQ_LABELS = {
+    "nll": "NLL bound -log p(x|z_q) - log p(k)",
+    "rate": "rate -log p(k(x))",
+    "distortion": "distortion -log p(x|z_q(x))",
+    "active_units": "codes in use",
+}
+
+
 def format_table(results_by_split):
     """A plain-text table of `evaluate` results, one column per split."""
     splits = list(results_by_split)
-    width = max(len(label) for _, label in TABLE_ROWS) + 2
+    vq = all("bound" in results_by_split[s] for s in splits)
+    rows = [(key, _VQ_LABELS.get(key, label) if vq else label) for key, label in TABLE_ROWS]
+    width = max(len(label) for _, label in rows) + 2
     lines = ["".ljust(width) + "".join(s.rjust(14) for s in splits)]
-    for key, label in TABLE_ROWS:
+    for key, label in rows:
         cells = []
         for split in splits:
             value = results_by_split[split].get(key)

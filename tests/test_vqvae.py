@@ -411,3 +411,31 @@ def test_two_replicas_take_the_same_step_as_one_device():
     np.testing.assert_allclose(results["two"]["count"], results["one"]["count"], rtol=1e-6)
     np.testing.assert_allclose(results["two"]["codebook"], results["one"]["codebook"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(results["two"]["encoder"], results["one"]["encoder"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_training_backup_restores_every_state_and_the_next_step_is_the_same(module_prototype_images, tmp_path):
+    """Exact resume: weights, the EMA codebook's averages, the usage shares,
+    the optimizer and both seed generators (the model's and the restarts')."""
+    from keras_vae.backup import TrainingBackup
+
+    images, _ = module_prototype_images
+    keras.utils.set_random_seed(0)
+    model = small_vqvae(ema_decay=0.9, restart_unused=True)
+    model.build((None,) + SHAPE)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=1)
+    model.fit(images[:128], epochs=2, batch_size=32, verbose=0, callbacks=[TrainingBackup(tmp_path / "backup")])
+    keras.utils.set_random_seed(5)
+    restored = small_vqvae(ema_decay=0.9, restart_unused=True, seed=7)
+    restored.build((None,) + SHAPE)
+    restored.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=1)
+    assert TrainingBackup(tmp_path / "backup").restore(restored)["step"] == 8
+    for a, b in zip(model.variables, restored.variables):
+        np.testing.assert_array_equal(np.array(a), np.array(b), err_msg=a.path)
+    np.testing.assert_array_equal(
+        restored.quantizer.seed_generator.state.numpy(), model.quantizer.seed_generator.state.numpy()
+    )
+    batch = images[128:160]
+    model.train_on_batch(batch)
+    restored.train_on_batch(batch)
+    for a, b in zip(model.variables, restored.variables):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7, err_msg=a.path)

@@ -344,9 +344,10 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
         else:
             batches = tf.data.Dataset.from_tensor_slices(self.unpack_inputs(x)).batch(batch_size)
 
-        @tf.function
         def codes(batch):
             return self.quantizer.nearest_codes(self.encoder(self._prepare(batch), training=False))
+
+        codes = tf.function(codes, autograph=False)  # no control flow to convert
 
         return np.concatenate([codes(batch).numpy() for batch in batches], axis=0)
 
