@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-def _check(architecture, event_shape, widths):
+def _check(architecture, event_shape, widths, name="hidden_units"):
     if architecture not in ARCHITECTURES:
         raise ValueError(
             f"Expected architecture in {ARCHITECTURES}. Received: architecture={architecture!r}"
@@ -46,7 +46,7 @@ def _check(architecture, event_shape, widths):
         if not widths:
             raise ValueError(
                 "Expected the filters of at least one conv layer for the conv "
-                f"architecture. Received: hidden_units={tuple(widths)}"
+                f"architecture. Received: {name}={tuple(widths)}"
             )
         factor = 2 ** len(widths)
         if len(event_shape) != 3 or event_shape[0] % factor or event_shape[1] % factor:
@@ -183,7 +183,7 @@ def make_vq_layers(
     `PixelCNNPrior` of `prior_layers` residual masked convolutions of
     `prior_filters` channels (uniform until `VQVAE.fit_prior`).
     """
-    _check("conv", event_shape, filters)
+    _check("conv", event_shape, filters, name="filters")
     height, width, channels = event_shape
     factor = 2 ** len(filters)
     grid = (height // factor, width // factor)

@@ -43,7 +43,8 @@ elbo                x [B, *event]                     elbo, reconstruction, kl [
                                                       bound log p(x|z_q(x)) + log p(k(x))
 sample              uniform [B, *grid] in [0, 1)      mean [B, *event], indices [B, *grid]
                                                       (the prior's inverse CDF, position
-                                                      by position)
+                                                      by position; NaN / -1 for a row
+                                                      with a u outside [0, 1))
 log_joint           x, indices                        log_prob = log p(x|z_q(k)) + log p(k),
                                                       log_px_given_z [B]
 log_likelihood      x [B, *event]                     log_likelihood [B]: the bound (a
@@ -488,8 +489,12 @@ def _vq_archive(model):
         return _masked({"elbo": log_px + log_pk, "reconstruction": log_px, "kl": -log_pk}, invalid)
 
     def sample(uniform):
+        inside = tf.cast(uniform >= 0.0, tf.float32) * tf.cast(uniform < 1.0, tf.float32)
+        valid = tf.reduce_min(inside, axis=axes)  # 0 for a row with a u outside [0, 1) or NaN
         indices = model.sample_codes_from_uniform(uniform)
-        return {"mean": tf.cast(model.decode(indices).mean(), tf.float32), "indices": indices}
+        keep = tf.reshape(tf.cast(valid, tf.int32), [-1] + [1] * len(grid))
+        mean = _masked({"mean": model.decode(indices).mean()}, _nan_unless(valid))["mean"]
+        return {"mean": mean, "indices": indices * keep + (keep - 1)}
 
     def log_joint(x, indices):
         x, invalid = _portable_input(model, x)

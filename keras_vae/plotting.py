@@ -400,6 +400,9 @@ def plot_interpolations(model, x_a, x_b, path, num_steps=8, spherical=False):
 # The training-curve panels: history key and on which side its bad epochs lie
 # (where a long run's worst 5% may fall off the axis); titles in `_curve_titles`.
 _CURVES = (("loss", "high"), ("reconstruction", None), ("kl", None), ("elbo", "low"))
+# A VQ-VAE's panels (objective "vqvae"): its KL is the constant N log K while
+# it trains, so the codebook's losses and use take that panel and the ELBO's.
+_VQ_CURVES = (("loss", "high"), ("reconstruction", None), ("commitment_loss", None), ("perplexity", None))
 
 
 def _curve_titles(objective, kl_is_analytic):
@@ -410,6 +413,13 @@ def _curve_titles(objective, kl_is_analytic):
         False: "KL(q(z|x) || p(z)): Monte Carlo estimate E_q[log q - log p]",
         None: "KL(q(z|x) || p(z)): the rate",
     }[kl_is_analytic]
+    if objective == "vqvae":
+        return {
+            "loss": "loss = -log p(x|z_q) + codebook and commitment losses",
+            "reconstruction": "reconstruction log p(x|z_q(x))",
+            "commitment_loss": "commitment loss beta ||z_e - sg[e]||^2",
+            "perplexity": "codebook perplexity exp(H(code frequencies))",
+        }
     return {
         "loss": f"loss = {objectives.loss_formula(objective)}: rises while beta grows",
         "reconstruction": "reconstruction E_q[log p(x|z)]",  # falls as beta grows
@@ -490,7 +500,10 @@ def _panel_curves(history, key, objective):
 
 def _training_curves_figure(history, objective=None, kl_is_analytic=None):
     """The figure of `plot_training_curves` (see there), not saved."""
-    keys = tuple(key for key, _ in _CURVES)
+    if objective is None and ("perplexity" in history or "codes_in_use" in history):
+        objective = "vqvae"
+    curves_of = _VQ_CURVES if objective == "vqvae" else _CURVES
+    keys = tuple(key for key, _ in curves_of)
     if not any(k in history for k in keys):
         raise ValueError(
             f"Expected a history with some of {keys}. Received keys: {sorted(history)}"
@@ -500,7 +513,7 @@ def _training_curves_figure(history, objective=None, kl_is_analytic=None):
     titles = _curve_titles(objective, kl_is_analytic)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     handles = {}
-    for ax, (key, worse) in zip(axes.ravel(), _CURVES):
+    for ax, (key, worse) in zip(axes.ravel(), curves_of):
         title = titles[key]
         curves = _panel_curves(history, key, objective)
         length = max((len(v) for _, v, _ in curves), default=0)
@@ -532,7 +545,7 @@ def _training_curves_figure(history, objective=None, kl_is_analytic=None):
             ax.set_yticks([])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("nats per example")
+        ax.set_ylabel("codes" if key == "perplexity" else "nats per example")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlim(1 - max(0.5, 0.03 * length), max(length, 1) + max(0.5, 0.03 * length))
         ax.grid(alpha=0.3)

@@ -213,6 +213,11 @@ def test_vq_signatures_are_the_models_own_numbers(case):
     sampled = case.tf_outputs("sample", feed)
     np.testing.assert_array_equal(sampled["indices"], model.prior.sample_from_uniform(feed["uniform"]).numpy())
     np.testing.assert_allclose(sampled["mean"], model.decode(sampled["indices"]).mean().numpy(), rtol=1e-5, atol=1e-6)
+    outside = feed["uniform"].copy()
+    outside[0, 0, 0] = 1.5
+    marked = case.tf_outputs("sample", {"uniform": outside})
+    assert np.all(np.isnan(marked["mean"][0])) and np.all(marked["indices"][0] == -1)
+    np.testing.assert_array_equal(marked["indices"][1:], sampled["indices"][1:])
     prior = case.tf_outputs("prior_log_prob", {"indices": codes})["log_prob"]
     np.testing.assert_allclose(prior, model.prior.log_prob(codes).numpy(), rtol=1e-5, atol=1e-4)
     assert np.ptp(model.prior(codes).numpy()) > 0  # a fitted, non-uniform prior

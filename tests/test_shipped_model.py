@@ -162,3 +162,36 @@ def test_shipped_export_reproduces_its_recorded_validation_elbo(session):
     # One sample per image in the signature against k=5000 in the record: the
     # means over 10,000 images agree to well under a nat.
     assert np.mean(elbos) == pytest.approx(recorded["elbo"], abs=0.5)
+
+
+VQ_BASE = os.path.join(HERE, "..", "saved_models", "binarized_mnist_vqvae")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(VQ_BASE, "1")), reason="no shipped VQ-VAE in this checkout")
+def test_shipped_vqvae_export_reproduces_its_recorded_validation_bound():
+    """saved_models/binarized_mnist_vqvae/1: a VQ-VAE export (its description
+    says so), codes in [0, 128) on a 7x7 grid, samples from uniforms, and the
+    bound recorded beside it from the export's own `log_likelihood`."""
+    loaded = tf.saved_model.load(os.path.join(VQ_BASE, "1"))
+    with open(os.path.join(VQ_BASE, "1", "assets", "keras_vae.json")) as f:
+        description = json.load(f)
+    assert description["model"] == "VQVAE" and description["grid_shape"] == [7, 7]
+    uniform = np.random.default_rng(0).random((2, 7, 7)).astype("float32")
+    sampled = loaded.signatures["sample"](uniform=uniform)
+    assert sampled["mean"].shape == (2, 28, 28, 1)
+    indices = loaded.signatures["encode"](x=sampled["mean"].numpy().round())["indices"].numpy()
+    assert indices.shape == (2, 7, 7) and indices.min() >= 0 and indices.max() < 128
+    data_dir = shared_data_dir()
+    if data_dir is None:
+        pytest.skip("the recorded bound needs the prepared binarized_mnist")
+    from keras_vae import data
+
+    with open(os.path.join(VQ_BASE, "evaluation-v1-validation.json")) as f:
+        recorded = json.load(f)["splits"]["validation"]
+    bounds = [
+        loaded.signatures["log_likelihood"](x=tf.cast(batch, tf.float32))["log_likelihood"].numpy()
+        for batch in data.load("binarized_mnist", "validation", batch_size=500, shuffle=False, data_dir=data_dir)
+    ]
+    bounds = np.concatenate(bounds).astype(np.float64)
+    assert len(bounds) == recorded["num_examples"] == 10000
+    np.testing.assert_allclose(-bounds.mean(), recorded["nll"], rtol=0, atol=float32_atol(recorded["nll"]))

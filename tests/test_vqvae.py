@@ -146,6 +146,35 @@ def test_unused_codes_restart_at_encoder_outputs():
     flat = z.reshape(-1, 2)
     for k in (2, 3):
         assert np.min(np.abs(flat - new[k]).sum(axis=1)) < 1e-6  # one of the batch's outputs
+    counts = np.bincount(indices.reshape(-1), minlength=4)
+    usage = 0.5 * 0.25 + 0.5 * counts / counts.sum()
+    alive = usage >= 0.6 / 4
+    assert restarted == int((~alive).sum())
+    np.testing.assert_array_equal(new[alive], np.array([[0.0, 0.0], [0.1, 0.0], [40.0, 40.0], [-40.0, 40.0]], "float32")[alive])
+    np.testing.assert_allclose(vq.usage.numpy(), np.where(alive, usage, 0.25), rtol=1e-6)
+
+
+def test_restarted_codes_start_their_moving_averages_afresh():
+    rng = np.random.default_rng(6)
+    vq = VectorQuantizer(3, 2, ema_decay=0.5, restart_unused=True, restart_threshold=0.9, usage_decay=0.5, seed=0)
+    z = rng.normal(size=(4, 2)).astype("float32")
+    vq.build(z.shape)
+    vq.codebook.assign(np.array([[0.0, 0.0], [30.0, 30.0], [-30.0, -30.0]], "float32"))
+    indices = vq.nearest_codes(z).numpy()
+    assert set(indices) == {0}
+    vq.update_codebook(z, indices)
+    np.testing.assert_array_equal(vq.ema_count.numpy()[1:], [0.0, 0.0])
+    np.testing.assert_array_equal(vq.ema_sum.numpy()[1:], np.zeros((2, 2)))
+    np.testing.assert_allclose(vq.codebook.numpy()[0], z.mean(axis=0), rtol=1e-5)  # the EMA of code 0
+
+
+def test_empty_batch_restarts_nothing_and_breaks_nothing():
+    vq = VectorQuantizer(3, 2, restart_unused=True, restart_threshold=1.0, usage_decay=0.1, seed=0)
+    vq.build((None, 2))
+    before = vq.codebook.numpy().copy()
+    empty = np.zeros((0, 2), "float32")
+    assert int(vq.update_codebook(empty, np.zeros((0,), "int32"))) == 0
+    np.testing.assert_array_equal(vq.codebook.numpy(), before)
 
 
 def test_code_usage_perplexity_and_codes_in_use():
@@ -332,8 +361,44 @@ def test_ema_codebook_is_set_by_moving_averages_in_fit(module_prototype_images):
     assert vq.quantizer.codebook.path not in {v.path for v in vq.autoencoder_variables}
     before = vq.quantizer.codebook.numpy().copy()
     vq.fit(images[:128], epochs=1, batch_size=64, verbose=0)
-    assert not np.array_equal(vq.quantizer.codebook.numpy(), before)
-    assert float(np.max(vq.quantizer.ema_count.numpy())) > 0
+    codebook, count, total = (v.numpy() for v in (vq.quantizer.codebook, vq.quantizer.ema_count, vq.quantizer.ema_sum))
+    used = count > vq.quantizer.epsilon
+    assert used.any() and not np.array_equal(codebook, before)
+    np.testing.assert_allclose(codebook[used], total[used] / count[used][:, None], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(codebook[~used], before[~used])
+
+
+@pytest.mark.parametrize("ema_decay", [0.9, None], ids=["ema", "gradient"])
+def test_fit_under_xla_with_restarts(module_prototype_images, ema_decay):
+    """jit_compile=True whatever the CPU ("auto" picks XLA only on some)."""
+    images, _ = module_prototype_images
+    vq = small_vqvae(ema_decay=ema_decay, restart_unused=True)
+    vq.build((None,) + SHAPE)
+    vq.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)
+    history = vq.fit(images[:128], epochs=2, batch_size=32, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["reconstruction"][-1] > history.history["reconstruction"][0]
+
+
+def test_uniform_prior_samples_and_bad_code_indices():
+    vq = small_vqvae(prior=False)
+    vq.build((None,) + SHAPE)
+    assert vq.sample(3, seed=0).mean().shape == (3,) + SHAPE
+    uniform = np.array([[[0.0, 0.5, 0.999, 1.0], [-0.1, 0.2, 0.3, 0.4]] * 2], "float32").reshape(1, 4, 4)
+    codes = vq.sample_codes_from_uniform(uniform).numpy()
+    np.testing.assert_array_equal(codes[0, 0], [0, 3, 5, 5])
+    assert codes.min() >= 0 and codes.max() < 6
+    np.testing.assert_allclose(vq.code_log_prob(codes).numpy(), [-16 * math.log(6)], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"Expected code indices in \[0, 6\)\. Received: values from 6 to 6"):
+        vq.decode(np.full((1, 4, 4), 6))
+    with pytest.raises(ValueError, match=r"Expected code indices of shape \(batch, 4, 4\)\. Received: shape=\(1, 3, 3\)"):
+        vq.code_log_prob(np.zeros((1, 3, 3), "int32"))
+    with pytest.raises(ValueError, match="Expected integer code indices"):
+        vq.decode(np.zeros((1, 4, 4), "float32"))
+    prior = PixelCNNPrior(4, filters=4, num_layers=1)
+    prior.build((None, 3, 3))
+    with pytest.raises(ValueError, match=r"in \[0, 4\)"):
+        prior.log_prob(np.full((1, 3, 3), 7))
 
 
 def test_keras_round_trip_keeps_codes_bound_and_samples(trained, tmp_path):
@@ -390,6 +455,20 @@ for name, strategy in (("one", tf.distribute.get_strategy()),
         vq = small_vqvae(ema_decay=0.8)
         vq.compile(optimizer=keras.optimizers.SGD(0.01))
     vq.fit(x, epochs=1, batch_size=64, verbose=0)   # one step, the whole batch
+    keras.utils.set_random_seed(1)
+    with strategy.scope():   # every code below share 1/K after one step restarts
+        restarting = small_vqvae(restart_unused=True)
+        restarting.quantizer.restart_threshold, restarting.quantizer.usage_decay = 1.0, 0.1
+        restarting.compile(optimizer=keras.optimizers.SGD(0.01))
+    restarting.build((None,) + SHAPE)
+    half = x[: 64 // strategy.num_replicas_in_sync]   # what the first replica receives
+    outputs = restarting.encoder(half).numpy().reshape(-1, 3)
+    restarting.fit(x, epochs=1, batch_size=64, verbose=0)
+    copies = getattr(restarting.quantizer.codebook.value, "values", None) or [restarting.quantizer.codebook.value]
+    codebook = np.asarray(copies[0])
+    distance = np.abs(codebook[:, None, :] - outputs[None]).sum(-1).min(axis=1)
+    results[name + "_restart"] = {"copies": [np.asarray(c).tolist() for c in copies],
+                                  "codes_at_first_replica_outputs": int((distance < 1e-5).sum())}
     results[name] = {"codebook": vq.quantizer.codebook.numpy().tolist(),
                      "encoder": vq.encoder.variables[0].numpy().tolist(),
                      "count": vq.quantizer.ema_count.numpy().tolist(),
@@ -411,6 +490,12 @@ def test_two_replicas_take_the_same_step_as_one_device():
     np.testing.assert_allclose(results["two"]["count"], results["one"]["count"], rtol=1e-6)
     np.testing.assert_allclose(results["two"]["codebook"], results["one"]["codebook"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(results["two"]["encoder"], results["one"]["encoder"], rtol=1e-4, atol=1e-5)
+    # Restarts on two replicas: the same codes on both, each one of the first
+    # replica's encoder outputs (not an average of the replicas' draws).
+    first, second = (np.array(c) for c in results["two_restart"]["copies"])
+    np.testing.assert_array_equal(first, second)
+    assert results["two_restart"]["codes_at_first_replica_outputs"] >= 1
+    assert results["one_restart"]["codes_at_first_replica_outputs"] >= 1
 
 
 def test_a_training_backup_restores_every_state_and_the_next_step_is_the_same(module_prototype_images, tmp_path):

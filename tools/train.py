@@ -159,6 +159,15 @@ def main(argv=None):
     summary = training.summarize(history, config.beta, config.objective)
     if summary:
         print(summary)
+    prior = status.get("code_prior")
+    if config.model == "vqvae" and prior:
+        # The history's ELBO is under the uniform prior of the auto-encoder's training.
+        held_out = prior["val_log_prob"]
+        shown = f"{held_out:.2f} on validation" if held_out is not None else f"{prior['log_prob']:.2f} on training"
+        print(
+            f"Code prior fitted in {prior['seconds']:.0f} s ({prior['epochs']} epochs): log p(k) = {shown} "
+            "(nats per code grid; the ELBO above is under the uniform prior, the evaluation uses the fitted one)."
+        )
     if args.eval_samples:
         splits = args.eval_split or [
             s for s in ("validation", "test") if s in data.available_splits(config.dataset, config.data_dir)

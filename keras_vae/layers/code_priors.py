@@ -20,7 +20,34 @@ import tensorflow as tf
 
 from keras_vae._internal.validation import check_positive_int
 
-__all__ = ["MaskedConv2D", "PixelCNNPrior", "categorical_from_uniform"]
+__all__ = ["MaskedConv2D", "PixelCNNPrior", "categorical_from_uniform", "check_code_indices"]
+
+
+def check_code_indices(indices, grid_shape, num_codes):
+    """Code grids `indices` as int32, after checking them: an integer dtype
+    and the shape `[batch, *grid_shape]` always (statically), the values in
+    [0, num_codes) when running eagerly (in a graph an index outside reads
+    no code: the exports mark such rows NaN instead). Raises ValueError
+    naming what was expected and what was received."""
+    indices = tf.convert_to_tensor(indices)
+    if not indices.dtype.is_integer:
+        raise ValueError(f"Expected integer code indices. Received: dtype={indices.dtype.name}")
+    expected = tuple(grid_shape)
+    shape = indices.shape
+    if shape.rank is not None and (
+        shape.rank != len(expected) + 1 or any(d is not None and d != e for d, e in zip(shape[1:], expected))
+    ):
+        raise ValueError(
+            f"Expected code indices of shape (batch, {', '.join(map(str, expected))}). "
+            f"Received: shape={tuple(shape)}"
+        )
+    if tf.executing_eagerly() and indices.shape.num_elements():
+        low, high = int(tf.reduce_min(indices)), int(tf.reduce_max(indices))
+        if low < 0 or high >= num_codes:
+            raise ValueError(
+                f"Expected code indices in [0, {num_codes}). Received: values from {low} to {high}"
+            )
+    return tf.cast(indices, tf.int32)
 
 
 def categorical_from_uniform(probs, uniform):
@@ -55,7 +82,11 @@ class MaskedConv2D(keras.layers.Conv2D):
     def build(self, input_shape):
         super().build(input_shape)
         height, width = self.kernel_size
-        mask = np.zeros(self.kernel.shape, dtype="float32")
+        # Over the kernel's positions only (one code per position: no channel
+        # masks), broadcast over its channels: a graph that unrolls many
+        # calls (the prior's `sample_from_uniform`) holds kh x kw floats per
+        # call, not a kernel-sized constant.
+        mask = np.zeros((height, width, 1, 1), dtype="float32")
         mask[: height // 2] = 1.0
         mask[height // 2, : width // 2 + (self.mask_type == "B")] = 1.0
         self.mask = mask
@@ -150,7 +181,9 @@ class PixelCNNPrior(keras.layers.Layer):
 
     def log_prob(self, indices):
         """log p(k) of code grids `[B, H, W]`, nats per grid: `[B]`."""
-        indices = tf.cast(indices, tf.int32)
+        if not self.built:
+            self.build((None,) + tuple(tf.convert_to_tensor(indices).shape[1:]))
+        indices = check_code_indices(indices, self.grid_shape, self.num_codes)
         log_probs = tf.nn.log_softmax(self(indices), axis=-1)
         picked = tf.reduce_sum(log_probs * tf.one_hot(indices, self.num_codes, dtype=log_probs.dtype), axis=-1)
         return tf.reduce_sum(picked, axis=[1, 2])
@@ -168,6 +201,13 @@ class PixelCNNPrior(keras.layers.Layer):
         op, so the exports' `sample` runs in TFLite and ONNX Runtime.
         """
         uniform = tf.cast(uniform, tf.float32)
+        if not self.built:
+            self.build((None,) + tuple(uniform.shape[1:]))
+        if tuple(uniform.shape[1:]) != self.grid_shape:
+            raise ValueError(
+                f"Expected uniforms of shape (batch, {', '.join(map(str, self.grid_shape))}). "
+                f"Received: shape={tuple(uniform.shape)}"
+            )
         height, width = self.grid_shape
         codes = tf.zeros(tf.shape(uniform), tf.int32)
         for i in range(height * width):

@@ -257,12 +257,16 @@ class VectorQuantizer(keras.layers.Layer):
             codebook = tf.where((ema_count > self.epsilon)[:, tf.newaxis], averaged, codebook)
         restarted = tf.zeros((), tf.int32)
         if self.restart_unused:
-            dead = usage < self.restart_threshold / self.num_codes
+            size = tf.shape(flat)[0]
+            # A replica may receive no example (a last partial batch split
+            # between replicas): it draws from one padding row, and restarts
+            # wait for a batch in which the first replica has outputs.
+            has_outputs = _first_replica(tf.cast(size > 0, tf.float32)) > 0
+            dead = tf.logical_and(usage < self.restart_threshold / self.num_codes, has_outputs)
             seed = stateless_seed(self.seed_generator)
-            picks = tf.random.stateless_uniform(
-                [self.num_codes], seed, maxval=tf.shape(flat)[0], dtype=tf.int32
-            )
-            candidates = _first_replica(tf.gather(flat, picks))
+            picks = tf.random.stateless_uniform([self.num_codes], seed, maxval=tf.maximum(size, 1), dtype=tf.int32)
+            padded = tf.concat([flat, tf.zeros([1, self.code_dim], flat.dtype)], axis=0)
+            candidates = _first_replica(tf.gather(padded, picks))
             codebook = tf.where(dead[:, tf.newaxis], candidates, codebook)
             usage = tf.where(dead, tf.fill(tf.shape(usage), 1.0 / self.num_codes), usage)
             restarted = tf.reduce_sum(tf.cast(dead, tf.int32))

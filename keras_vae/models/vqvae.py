@@ -28,6 +28,7 @@ from keras_vae._internal.seeds import stateless_seed
 from keras_vae._internal.validation import check_positive_int
 from keras_vae._internal.version import VERSION
 from keras_vae._internal.version import check_version
+from keras_vae.layers.code_priors import check_code_indices
 from keras_vae.layers.quantizer import CodeUsage
 from keras_vae.layers.quantizer import VectorQuantizer
 from keras_vae.models._inputs import InputChecks
@@ -201,6 +202,7 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
 
     def decode(self, indices, training=False):
         """p(x | z_q) for code indices `[B, *grid]`, as a `tfd.Distribution`."""
+        indices = check_code_indices(indices, self.grid_shape, self.num_codes)
         codes = self.quantizer.lookup(indices)
         return self.decoder(self._flat_codes(codes), training=training)
 
@@ -222,6 +224,7 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
     def code_log_prob(self, indices):
         """log p(k) of code grids `[B, *grid]` under the prior (uniform
         without one: -N log K), nats per grid `[B]`."""
+        indices = check_code_indices(indices, self.grid_shape, self.num_codes)
         if self.prior is not None:
             return self.prior.log_prob(indices)
         batch = tf.shape(indices)[0]
@@ -233,7 +236,8 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
         uniform = tf.cast(uniform, tf.float32)
         if self.prior is not None:
             return self.prior.sample_from_uniform(uniform)
-        return tf.minimum(tf.cast(tf.floor(uniform * self.num_codes), tf.int32), self.num_codes - 1)
+        # Clipped both ways: a u outside [0, 1) (or NaN) still names a code.
+        return tf.clip_by_value(tf.cast(tf.floor(uniform * self.num_codes), tf.int32), 0, self.num_codes - 1)
 
     def sample(self, num_samples, seed=None):
         """p(x | z_q(k)) for `num_samples` code grids k ~ p(k).
@@ -320,8 +324,9 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
                 )
             gradients = tape.gradient(scaled_loss, variables)
             self.optimizer.apply_gradients(zip(gradients, variables))
-            with tf.control_dependencies([g for g in gradients if g is not None]):
-                self.quantizer.update_codebook(tf.stop_gradient(terms["z_e"]), terms["indices"])
+            # After the optimizer's update (TensorFlow orders the two: both
+            # touch the codebook in gradient mode, read after written).
+            self.quantizer.update_codebook(tf.stop_gradient(terms["z_e"]), terms["indices"])
             return self._update_metrics(loss, terms)
 
     def test_step(self, data):
@@ -434,15 +439,17 @@ class CodePriorTrainer(keras.Model):
         with tf.GradientTape() as tape:
             log_prob = self._log_prob(data)
             loss = -tf.reduce_mean(log_prob)
+            # Keras sums the replicas' gradients: each weighs its share.
+            scaled = _distribution.scale_loss_for_distribution(loss, tf.shape(log_prob)[0])
         variables = self.prior.trainable_variables
-        gradients = tape.gradient(loss, variables)
+        gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         self.log_prob_tracker.update_state(log_prob)
-        return {"log_prob": self.log_prob_tracker.result()}
+        return _distribution.reducible_logs({"log_prob": self.log_prob_tracker.result()})
 
     def test_step(self, data):
         self.log_prob_tracker.update_state(self._log_prob(data))
-        return {"log_prob": self.log_prob_tracker.result()}
+        return _distribution.reducible_logs({"log_prob": self.log_prob_tracker.result()})
 
     @property
     def metrics(self):
