@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vae import kl as kl_lib
+from keras_vae._internal.distribution import in_multi_worker_mode
 from keras_vae.objectives import log_importance_weights
 
 __all__ = [
@@ -175,6 +176,7 @@ def evaluate(
     max_elements=DEFAULT_MAX_ELEMENTS,
     verbose=1,
     return_per_example=False,
+    strategy=None,
 ):
     """Log-likelihood and diagnostics of a VAE over a dataset.
 
@@ -187,6 +189,14 @@ def evaluate(
         max_elements: Memory bound, see `importance_sampled_log_likelihood`.
         verbose: 1 shows a progress bar.
         return_per_example: Also return the per-example arrays.
+        strategy: Optional `tf.distribute.Strategy` of several replicas
+            (`MirroredStrategy`, `MultiWorkerMirroredStrategy`): batch i goes
+            to replica i mod R (every worker iterates the same dataset, in the
+            same order, and computes only its replicas' batches, on their
+            devices), with the seed batch i has on one device, and only the
+            sums (of log p(x), the ELBO terms, the posterior means and codes
+            and their squares) are reduced across workers: the same results
+            as one device, to float rounding. Every worker returns them.
 
     Returns:
         A dict of floats, all in nats per example unless noted: `nll`
@@ -199,7 +209,19 @@ def evaluate(
         `return_per_example`, also a dict of arrays under `per_example`.
     """
     if hasattr(model, "quantizer"):
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            raise ValueError(
+                "Expected a VAE with a strategy of several replicas (a VQVAE's bound needs no "
+                "sampling: evaluate it on one device). Received: a VQVAE"
+            )
         return _evaluate_codes(model, dataset, verbose, return_per_example)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        if return_per_example:
+            raise ValueError(
+                "Expected return_per_example=False with a strategy of several replicas (only "
+                "sums are reduced across them). Received: return_per_example=True"
+            )
+        return _evaluate_sharded(model, dataset, num_samples, seed, max_elements, verbose, strategy)
     sampler = _sampler(model)
     per = {"log_likelihood": [], "reconstruction": [], "kl": []}
     means, codes = [], []
@@ -279,6 +301,98 @@ def _evaluate_codes(model, dataset, verbose, return_per_example):
     if return_per_example:
         results["per_example"] = per
     return results
+
+
+def _shards(strategy):
+    """`(first, devices)`: the global index of this worker's first replica
+    and its replicas' devices (one worker: 0 and the strategy's devices)."""
+    devices = list(strategy.extended.worker_devices)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task = getattr(resolver, "task_id", None) if in_multi_worker_mode(strategy) else None
+    return (int(task or 0) * len(devices)), devices
+
+
+def _batch_sums(model, sampler, x, num_samples, seed, summary_seed, max_elements):
+    """The sums over one batch that `_evaluate_sharded` reduces (float64)."""
+    log_px, reconstruction = sampler(x, num_samples, seed, max_elements)
+    summary = model.posterior_summary(x, summary_seed)
+    means, codes = (np.asarray(summary[k].numpy(), np.float64) for k in ("mean", "sample"))
+    return {
+        "count": np.float64(x.shape[0]),
+        "log_likelihood": np.sum(log_px.numpy(), dtype=np.float64),
+        "reconstruction": np.sum(reconstruction.numpy(), dtype=np.float64),
+        "kl": np.sum(summary["kl"].numpy(), dtype=np.float64),
+        "mean": means.sum(0), "mean_squared": np.square(means).sum(0),
+        "code": codes.sum(0), "code_squared": np.square(codes).sum(0),
+    }  # fmt: skip
+
+
+def _reduce_sums(strategy, sums, first):
+    """`sums` (a dict of float64 arrays) summed over the workers: each
+    worker's first replica contributes its worker's sums, the others zeros."""
+    if not in_multi_worker_mode(strategy):
+        return sums
+
+    def value(context):
+        mine = context.replica_id_in_sync_group == first
+        return {k: tf.constant(v if mine else np.zeros_like(v)) for k, v in sums.items()}
+
+    per_replica = strategy.experimental_distribute_values_from_function(value)
+    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None).numpy() for k, v in per_replica.items()}
+
+
+def _evaluate_sharded(model, dataset, num_samples, seed, max_elements, verbose, strategy):
+    """`evaluate` over the replicas of `strategy` (see its `strategy` argument)."""
+    replicas = strategy.num_replicas_in_sync
+    first, devices = _shards(strategy)
+    sampler = _sampler(model)
+    base_seed = tf.constant([seed, 0], tf.int64)
+    code_seed = tf.constant([seed, 1], tf.int64)
+    sums = None
+    progbar = keras.utils.Progbar(None, unit_name="batch") if verbose else None
+    for i, batch in enumerate(dataset):
+        replica = i % replicas
+        if first <= replica < first + len(devices):
+            with tf.device(devices[replica - first]):
+                x = model.prepare_inputs(batch)
+                batch_sums = _batch_sums(
+                    model, sampler, x, num_samples,
+                    tf.random.experimental.stateless_fold_in(base_seed, i),
+                    tf.random.experimental.stateless_fold_in(code_seed, i), max_elements,
+                )  # fmt: skip
+            sums = batch_sums if sums is None else {k: sums[k] + v for k, v in batch_sums.items()}
+        if progbar is not None:
+            progbar.update(i + 1)
+    if sums is None:  # fewer batches than replicas: this worker's share is empty
+        probe = tf.zeros((1,) + tuple(model.input_event_shape), tf.float32)
+        width = int(model.posterior_summary(model.prepare_inputs(probe), code_seed)["mean"].shape[-1])
+        sums = {k: np.float64(0.0) for k in ("count", "log_likelihood", "reconstruction", "kl")}
+        sums.update({k: np.zeros(width) for k in ("mean", "mean_squared", "code", "code_squared")})
+    sums = _reduce_sums(strategy, sums, first)
+    count = float(sums["count"])
+    if count == 0:
+        raise ValueError("Expected a dataset with at least one batch. Received: an empty dataset")
+    mean = {k: sums[k] / count for k in ("log_likelihood", "reconstruction", "kl")}
+    means_variance = sums["mean_squared"] / count - np.square(sums["mean"] / count)
+    code_loc = sums["code"] / count
+    code_scale = np.sqrt(np.maximum(sums["code_squared"] / count - np.square(code_loc), 0.0))
+    elbo = mean["reconstruction"] - mean["kl"]
+    return {
+        "nll": -mean["log_likelihood"],
+        "log_likelihood": mean["log_likelihood"],
+        "elbo": elbo,
+        "reconstruction": mean["reconstruction"],
+        "distortion": -mean["reconstruction"],
+        "kl": mean["kl"],
+        "rate": mean["kl"],
+        "gap": mean["log_likelihood"] - elbo,
+        "active_units": int(np.sum(means_variance > 0.01)),
+        "latent_dim": int(np.shape(sums["mean"])[-1]),
+        "aggregate_posterior_kl": float(kl_lib.gaussian_kl(code_loc, np.maximum(code_scale, 1e-12)).numpy()),
+        "num_examples": int(count),
+        "num_samples": int(num_samples),
+        "replicas": int(replicas),
+    }
 
 
 def _summarize(per, means, codes, num_samples):

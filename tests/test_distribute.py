@@ -409,3 +409,39 @@ def test_train_cli_two_workers_train_as_one_job_and_resume_from_a_shared_dir(tmp
     for _, output in results:
         assert "Resuming from the backup of step 16" in output
     _check_two_workers_trained_as_one_job(results, run_dir, epochs=3)
+
+
+# ------------------------------------------------------ tools/evaluate.py
+
+
+def test_evaluate_cli_on_two_workers_gives_the_one_process_figures(tmp_path):
+    """tools/evaluate.py --strategy multiworker on two loopback processes:
+    the batches are shared between them (each computes only its own) and the
+    sums reduced; the NLL and ELBO are the one-process figures to rounding,
+    and only the chief writes the JSON."""
+    from keras_vae.layers import BernoulliDecoder
+    from keras_vae.layers import GaussianEncoder
+
+    keras.utils.set_random_seed(0)
+    vae = keras_vae.VAE(
+        GaussianEncoder(3, hidden_units=(16,)), BernoulliDecoder((28, 28, 1), hidden_units=(16,)),
+        seed=0, input_shape=(None, 28, 28, 1),
+    )  # fmt: skip
+    model = tmp_path / "vae.keras"
+    vae.save(model)
+    common = [
+        os.path.join(ROOT, "tools", "evaluate.py"), str(model), "--data-dir", _data_dir(), "--take", "80",
+        "--batch-size", "16", "--samples", "20", "--seed", "3", "--verbose", "0",
+    ]  # fmt: skip
+    one = _run(common + ["--output", str(tmp_path / "one.json")])
+    outputs = _run_workers(lambda i: common + ["--strategy", "multiworker", "--output", str(tmp_path / f"two-{i}.json")])
+    for returncode, output in outputs:
+        assert returncode == 0, output[-5000:]
+    assert "on 2 replica(s)" in outputs[0][1] and "on 1 replica(s)" in one
+    assert not (tmp_path / "two-1.json").exists()  # only the chief writes
+    single = json.loads((tmp_path / "one.json").read_text())["splits"]["validation"]
+    sharded = json.loads((tmp_path / "two-0.json").read_text())["splits"]["validation"]
+    assert sharded["num_examples"] == single["num_examples"] == 80 and sharded["replicas"] == 2
+    for key in ("nll", "elbo", "kl", "reconstruction"):
+        np.testing.assert_allclose(sharded[key], single[key], rtol=0, atol=float32_atol(single["reconstruction"]), err_msg=key)
+    assert sharded["active_units"] == single["active_units"]

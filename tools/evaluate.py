@@ -25,6 +25,14 @@ with; --dtype-policy mixed_bfloat16 runs it with bfloat16 matrix products
 (distributions, log-weights and their logsumexp stay float32), faster on
 CPUs with AVX512_BF16, and --dtype-policy float32 runs a mixed_bfloat16 model
 in float32. The JSON records the policy used.
+
+Several devices or machines: --strategy mirrored (with --cpu-replicas N on a
+machine without GPUs) or --strategy multiworker (every worker runs the same
+command, TF_CONFIG naming the cluster and its task, as for tools/train.py)
+give batch i to replica i mod R with the seed it has on one device, and
+reduce only the sums: the same figures as one device, to float rounding.
+Only the chief (worker 0) writes the JSON. The table is followed by the
+throughput (examples/s and importance samples/s).
 """
 
 import json
@@ -63,10 +71,21 @@ def parse_args(argv=None):
         help="JSON file, written even if it exists (default: beside MODEL, named after "
         "the evaluation, never replacing a different one; see above)",
     )
+    parser.add_argument(
+        "--strategy",
+        default="default",
+        choices=_cli.config_module().STRATEGIES,
+        help="default: one device; mirrored: the GPUs of this machine (or --cpu-replicas CPU "
+        "devices); multiworker: the workers TF_CONFIG names (each runs this command)",
+    )
+    parser.add_argument(
+        "--cpu-replicas", type=int, default=None,
+        help="with --strategy mirrored on a machine without GPUs: N logical CPU devices",
+    )  # fmt: skip
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1), help="progress bar")
     args = _cli.parse_args(parser, argv)
     args.split = args.split or ["validation"]
-    _cli.check_integers(parser, args, positive=("samples", "batch_size", "take"))
+    _cli.check_integers(parser, args, positive=("samples", "batch_size", "take", "cpu_replicas"))
     return args
 
 
@@ -208,8 +227,13 @@ def check_output(path, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_vae import data, evaluation
+    import time
 
+    from keras_vae import data, distribute, evaluation
+
+    # Before any other TensorFlow work: devices and collectives are set up here.
+    strategy = distribute.make_strategy(args.strategy, cpu_replicas=args.cpu_replicas)
+    chief = distribute.is_chief(strategy)
     output = args.output
     record = {}
     if output is None:
@@ -219,10 +243,25 @@ def main(argv=None):
     if args.dtype_policy is not None:
         set_dtype_policy(model, args.dtype_policy, args.model)
     results = {}
+    seconds = 0.0
     for split in args.split:
         ds = data.load(args.dataset, split, batch_size=args.batch_size, shuffle=False, data_dir=args.data_dir, take=args.take)
-        results[split] = evaluation.evaluate(model, ds, num_samples=args.samples, seed=args.seed, verbose=args.verbose)
+        start = time.perf_counter()
+        results[split] = evaluation.evaluate(
+            model, ds, num_samples=args.samples, seed=args.seed, verbose=args.verbose, strategy=strategy
+        )
+        seconds += time.perf_counter() - start
     print(evaluation.format_table(results))
+    examples = sum(r["num_examples"] for r in results.values())
+    samples = sum(r["num_examples"] * r["num_samples"] for r in results.values())
+    replicas = strategy.num_replicas_in_sync
+    print(
+        f"{examples} examples in {seconds:.1f} s on {replicas} replica(s): {examples / seconds:,.1f} "
+        f"examples/s, {samples / seconds:,.0f} importance samples/s"
+    )
+    if not chief:
+        print("This worker is not the chief: the chief writes the JSON")
+        return results
     record.update({"model": args.model, "dataset": args.dataset, "seed": args.seed, "take": args.take, "splits": results})
     if hasattr(model, "dtype_policy"):  # a Keras model (an export has none)
         record["dtype_policy"] = model.dtype_policy.name

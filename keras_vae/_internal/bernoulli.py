@@ -53,12 +53,8 @@ def summed_log_prob(logits, x, group=LOG_GROUP):
     positive = tf.maximum(logits, 0.0)
     linear = tf.reduce_sum(tf.math.multiply_no_nan(logits, x) - positive, axis=-1)
     factors = 1.0 + tf.exp(logits - 2.0 * positive)
-    size = logits.shape[-1]
-    if size is None:
-        raise ValueError(f"Expected logits with a known last dimension. Received: shape {logits.shape}")
-    pad = -size % group
-    if pad:
-        ones = tf.ones(tf.concat([tf.shape(factors)[:-1], [pad]], axis=0), factors.dtype)
-        factors = tf.concat([factors, ones], axis=-1)
-    grouped = tf.reshape(factors, tf.concat([tf.shape(factors)[:-1], [(size + pad) // group, group]], axis=0))
+    leading = tf.shape(factors)[:-1]
+    pad = tf.math.floormod(-tf.shape(factors)[-1], group)  # static under XLA; any traced shape
+    factors = tf.concat([factors, tf.ones(tf.concat([leading, [pad]], axis=0), factors.dtype)], axis=-1)
+    grouped = tf.reshape(factors, tf.concat([leading, [-1, group]], axis=0))
     return linear - tf.reduce_sum(tf.math.log(tf.reduce_prod(grouped, axis=-1)), axis=-1)
