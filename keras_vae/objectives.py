@@ -31,8 +31,8 @@ import tensorflow_probability as tfp
 
 from keras_vae import kl as kl_lib
 
+from keras_vae._internal.bernoulli import logit_bernoulli_log_prob
 from keras_vae._internal.bernoulli import softplus
-from keras_vae._internal.bernoulli import summed_log_prob
 from keras_vae._internal.choices import OBJECTIVES
 from keras_vae._internal.gaussian import diagonal_gaussian_params
 from keras_vae._internal.gaussian import is_diagonal_gaussian
@@ -99,16 +99,14 @@ def _bernoulli_logits(p, x):
 def _bernoulli_log_likelihood(logits, x):
     """sum_d x l - softplus(l) for logits `[S, B, D]` and x `[B, D]`: `[S, B]`.
 
-    `LogitBernoulli.log_prob`'s arithmetic summed over the event, with one
-    logarithm per 64 pixels (`summed_log_prob`: a product of the factors
-    1 + exp(-|l|), the same sum to float32 rounding), compiled by XLA into
-    one pass over the logits: with k samples per image it is
+    `LogitBernoulli.log_prob`'s arithmetic summed over the event, compiled
+    by XLA into one pass over the logits: with k samples per image it is
     most of the importance sampler's work after the decoder's matrix
     products, and unfused it took as long as half of them on an AVX-512
     CPU. Only the importance-weighted
     paths use it (not the exported signatures, which stay free of XLA).
     """
-    return summed_log_prob(logits, x)
+    return tf.reduce_sum(logit_bernoulli_log_prob(logits, x), axis=-1)
 
 
 def decoder_log_likelihood(decoder, flat_z, x, num_samples, training=False):

@@ -506,30 +506,3 @@ def test_fused_bernoulli_log_likelihood_matches_tfp_and_its_gradient(latent3_vae
         log_w - log_px, vae.prior.distribution().log_prob(z) - q.log_prob(z), atol=1e-5
     )
 
-
-@pytest.mark.parametrize("size", [784, 64, 100, 1])
-@pytest.mark.parametrize("scale", [1.0, 8.0, 30.0])
-def test_grouped_log_likelihood_is_the_plain_sum_to_float32_rounding(size, scale):
-    """One log per 64 pixels (products of 1 + exp(-|l|)) against the float64
-    sum of x l - log(1 + exp(l)); the tolerance is the arithmetic's: each
-    product of G factors in (1, 2] carries G roundings of eps32 relative,
-    i.e. G eps32 nats after its log, plus a few roundings of the sum."""
-    from keras_vae._internal.bernoulli import LOG_GROUP
-    from keras_vae._internal.bernoulli import summed_log_prob
-
-    from conftest import FLOAT32_EPS, float32_atol
-
-    rng = np.random.default_rng(size)
-    logits = (rng.standard_normal((3, 5, size)) * scale).astype("float32")
-    x = (rng.random((5, size)) < 0.5).astype("float32")
-    l64 = logits.astype(np.float64)
-    reference = np.sum(x * l64 - np.logaddexp(0.0, l64), axis=-1)
-    got = summed_log_prob(tf.constant(logits), tf.constant(x)).numpy()
-    groups = math.ceil(size / LOG_GROUP)
-    atol = groups * LOG_GROUP * 2 * FLOAT32_EPS + float32_atol(np.abs(x * l64).sum(-1) + np.abs(l64).sum(-1))
-    np.testing.assert_allclose(got, reference, rtol=0, atol=atol)
-    # and the plain float32 formula the package used before, to the same precision
-    from keras_vae._internal.bernoulli import logit_bernoulli_log_prob
-
-    plain = tf.reduce_sum(logit_bernoulli_log_prob(tf.constant(logits), tf.constant(x)), axis=-1).numpy()
-    np.testing.assert_allclose(got, plain, rtol=0, atol=2 * atol)
