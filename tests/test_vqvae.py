@@ -524,3 +524,20 @@ def test_a_training_backup_restores_every_state_and_the_next_step_is_the_same(mo
     restored.train_on_batch(batch)
     for a, b in zip(model.variables, restored.variables):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
+def test_a_gaussian_likelihood_and_a_user_network(module_prototype_images):
+    """Any Keras networks and a Gaussian p(x | z_q): the model is not tied to
+    make_vq_layers or to Bernoulli pixels."""
+    from keras_vae.layers import GaussianDecoder
+
+    images, _ = module_prototype_images
+    encoder = keras.Sequential([keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
+                                keras.layers.Dense(3)])  # Dense on the last axis: [B, 4, 4, 3]
+    decoder = GaussianDecoder(SHAPE, hidden_units=(32,))  # reads the 48 flattened code values
+    vq = VQVAE(encoder, VectorQuantizer(5, 3, seed=0), decoder, seed=0, input_shape=(None,) + SHAPE)
+    vq.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = vq.fit(images[:128] * 0.8 + 0.1, epochs=2, batch_size=32, verbose=0)
+    assert np.all(np.isfinite(history.history["elbo"]))
+    assert history.history["reconstruction"][-1] > history.history["reconstruction"][0]
+    np.testing.assert_allclose(history.history["kl"][-1], 16 * math.log(5), rtol=1e-5)  # uniform: no prior
