@@ -50,7 +50,7 @@ from keras_vae._internal.version import VERSION as __version__  # noqa: E402
 # matplotlib and SciPy, `data` (and `training` and `report`, which use it) TensorFlow
 # Datasets; `config` and `sweep` are cheap (standard library at import) but
 # let `tools/` read them without the package.
-_LAZY_MODULES = ("config", "data", "plotting", "report", "sweep", "training")
+_LAZY_MODULES = ("config", "data", "plotting", "report", "runs", "sweep", "training")
 
 __all__ = [
     "VAE",
@@ -78,6 +78,7 @@ __all__ = [
     "optimizers",
     "plotting",
     "report",
+    "runs",
     "saving",
     "serving",
     "sweep",

@@ -208,20 +208,9 @@ def evaluate(
         posterior sample per example), `num_examples`, `num_samples`. With
         `return_per_example`, also a dict of arrays under `per_example`.
     """
-    if hasattr(model, "quantizer"):
-        if strategy is not None and strategy.num_replicas_in_sync > 1:
-            raise ValueError(
-                "Expected a VAE with a strategy of several replicas (a VQVAE's bound needs no "
-                "sampling: evaluate it on one device). Received: a VQVAE"
-            )
-        return _evaluate_codes(model, dataset, verbose, return_per_example)
-    if strategy is not None and strategy.num_replicas_in_sync > 1:
-        if return_per_example:
-            raise ValueError(
-                "Expected return_per_example=False with a strategy of several replicas (only "
-                "sums are reduced across them). Received: return_per_example=True"
-            )
-        return _evaluate_sharded(model, dataset, num_samples, seed, max_elements, verbose, strategy)
+    sharded = strategy is not None and strategy.num_replicas_in_sync > 1
+    if hasattr(model, "quantizer") or sharded:
+        return _evaluate_other(model, dataset, num_samples, seed, max_elements, verbose, return_per_example, strategy)
     sampler = _sampler(model)
     per = {"log_likelihood": [], "reconstruction": [], "kl": []}
     means, codes = [], []
@@ -254,6 +243,25 @@ def evaluate(
     if return_per_example:
         results["per_example"] = per
     return results
+
+
+def _evaluate_other(model, dataset, num_samples, seed, max_elements, verbose, return_per_example, strategy):
+    """`evaluate` of a VQ-VAE (`_evaluate_codes`) or over several replicas
+    (`_evaluate_sharded`), with the arguments they refuse."""
+    sharded = strategy is not None and strategy.num_replicas_in_sync > 1
+    if hasattr(model, "quantizer"):
+        if sharded:
+            raise ValueError(
+                "Expected a VAE with a strategy of several replicas (a VQVAE's bound needs no "
+                "sampling: evaluate it on one device). Received: a VQVAE"
+            )
+        return _evaluate_codes(model, dataset, verbose, return_per_example)
+    if return_per_example:
+        raise ValueError(
+            "Expected return_per_example=False with a strategy of several replicas (only "
+            "sums are reduced across them). Received: return_per_example=True"
+        )
+    return _evaluate_sharded(model, dataset, num_samples, seed, max_elements, verbose, strategy)
 
 
 def _evaluate_codes(model, dataset, verbose, return_per_example):

@@ -25,8 +25,8 @@ import json
 import os
 
 from keras_vae import evaluation
+from keras_vae import runs
 from keras_vae import training
-from keras_vae._internal.files import read_json
 from keras_vae._internal.version import VERSION
 
 __all__ = ["CAPTIONS", "REPORT_NAME", "write_plots", "write_report"]
@@ -85,7 +85,7 @@ figcaption { font-size: 0.9em; color: #444; max-width: 900px; }
 
 def _run_config(run_dir):
     """The `config.json` of the run in `run_dir` (a dict); ValueError if none."""
-    config = read_json(training.paths(run_dir)["config"])
+    config = runs.RunDirectory(run_dir).config()
     if not isinstance(config, dict):
         listing = sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else "(not found)"
         raise ValueError(
@@ -246,12 +246,13 @@ def write_report(run_dir, path=None, include_plots=True):
     Returns:
         The path of the HTML file.
     """
-    files = training.paths(run_dir)
+    run = runs.RunDirectory(run_dir)
+    files = run.files
     config = _run_config(run_dir)
     path = path or os.path.join(run_dir, REPORT_NAME)
-    status = training.read_status(run_dir)
-    history = training.read_history(files["history"])
-    results = read_json(files["evaluation"])
+    status = run.status()
+    history = run.history()
+    results = run.evaluation()
     name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
     written = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     config_rows = [(key, json.dumps(value)) for key, value in config.items()]
@@ -316,9 +317,10 @@ def write_plots(run_dir, model=None, config=None, history=None, num_images=2000,
     """
     from keras_vae import plotting
 
-    files = training.paths(run_dir)
+    run = runs.RunDirectory(run_dir)
+    files = run.files
     config = config or training.TrainConfig(**_run_config(run_dir))
     model = training.load_model_or_run(run_dir) if model is None else model
-    history = training.read_history(files["history"]) if history is None else history
+    history = run.history() if history is None else history
     images, labels = training.held_out_images(config, num_images, data_dir=data_dir)
     return plotting.plot_all(model, history, images, files["plots"], labels=labels, seed=config.seed)

@@ -290,6 +290,7 @@ def run_sweep(
     """
     from keras_vae import data
     from keras_vae import plotting
+    from keras_vae import runs
     from keras_vae import training
     from keras_vae._internal.validation import check_positive_int
 
@@ -309,10 +310,9 @@ def run_sweep(
         run_config = dataclasses.replace(config, beta=beta, output_dir=run_dir)
         began = time.time()
         model, history = training.train(run_config, fresh=fresh)
-        status = training.read_status(run_dir) or {}
-        run_files = training.paths(run_dir)
+        run = runs.RunDirectory(run_dir)
         report = _evaluation_of_run(
-            model, history, status, run_files["evaluation"], eval_ds, eval_split, eval_samples, config
+            model, history, run.status() or {}, run.files["evaluation"], eval_ds, eval_split, eval_samples, config
         )
         row = _row(beta, report["splits"][eval_split], report, run_dir)
         rows.append(row)

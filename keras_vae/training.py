@@ -25,7 +25,6 @@ KL warm-up: `config.warmup_epochs=None` is decided by `train` (see
 `TrainConfig`) and written to `config.json`.
 """
 
-import csv
 import dataclasses
 import functools
 import json
@@ -43,9 +42,9 @@ from keras_vae import config as config_lib
 from keras_vae import data as data_lib
 from keras_vae import distribute
 from keras_vae import objectives
+from keras_vae import runs
 from keras_vae import saving
 from keras_vae._internal import precision
-from keras_vae._internal.files import read_json
 from keras_vae._internal.files import write_atomically
 from keras_vae._internal.files import write_json
 from keras_vae.backup import TrainingBackup
@@ -65,6 +64,11 @@ TrainConfig = config_lib.TrainConfig
 
 # Runs a loaded model in another precision (tools/evaluate.py --dtype-policy).
 set_model_dtype_policy = precision.set_model_dtype_policy
+# A run's files and their readers live in keras_vae.runs; these names stay here.
+paths = runs.paths
+read_evaluation = runs.read_evaluation
+read_history = runs.read_history
+read_status = runs.read_status
 
 __all__ = [
     "ARCHITECTURES",
@@ -147,52 +151,8 @@ def build_vae(config, input_shape=(None, 28, 28, 1)):
         )
 
 
-def paths(output_dir):
-    """Where a run writes its files."""
-    return {
-        "config": os.path.join(output_dir, "config.json"),
-        "best": os.path.join(output_dir, "best.keras"),
-        "last": os.path.join(output_dir, "last.keras"),
-        "backup": os.path.join(output_dir, "backup"),
-        "history": os.path.join(output_dir, "history.csv"),
-        "tensorboard": os.path.join(output_dir, "tensorboard"),
-        "plots": os.path.join(output_dir, "plots"),
-        "evaluation": os.path.join(output_dir, "evaluation.json"),
-        "status": os.path.join(output_dir, "status.json"),
-        "prior_history": os.path.join(output_dir, "prior_history.csv"),
-    }
-
-
 class DataError(ValueError):
     """A training batch was refused (NaN, values outside the likelihood's range)."""
-
-
-def read_evaluation(output_dir):
-    """The evaluation record (`evaluation.json`) of the run in `output_dir`,
-    or None when it is missing or unreadable. Its `step` says which training
-    step it measured (compare with `read_status(output_dir)["step"]`)."""
-    return read_json(paths(output_dir)["evaluation"])
-
-
-def read_status(output_dir):
-    """The training status of the run in `output_dir` (a dict), or None.
-
-    `train` keeps `status.json` up to date at every epoch end and when it
-    returns: `step` (the optimizer step reached), `train_seconds` (wall time
-    of all its sessions, summed: setup and fitting, up to the last epoch end
-    of a session that crashed), `sessions` (one `{"first_step", "last_step",
-    "seconds"}` per session that trained) and `stopped_early`
-    (`{"epochs_run", "patience"}` when early stopping ended the run, else
-    None). A run that nothing was trained in since has the same status.
-    A missing or unreadable file gives None.
-    """
-    try:
-        with open(paths(output_dir)["status"]) as f:
-            status = json.load(f)
-        int(status["step"]), float(status["train_seconds"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return status
 
 
 class _StatusWriter(keras.callbacks.Callback):
@@ -464,7 +424,8 @@ def _code_prior_phase(config, model, files):
     and `prior_epochs=0`, pass through."""
     if config.model != "vqvae" or not config.prior_epochs:
         return model
-    status = read_status(config.output_dir) or {}
+    run = runs.RunDirectory(config.output_dir)
+    status = run.status() or {}
     done = status.get("code_prior") or {}
     if done.get("step") == status.get("step") and done.get("epochs") == config.prior_epochs:
         return model
@@ -493,7 +454,7 @@ def _code_prior_phase(config, model, files):
         "log_prob": history["log_prob"][-1],
         "val_log_prob": history.get("val_log_prob", [None])[-1],
     }
-    write_json(files["status"], status)
+    run.write_status(status)
     return model
 
 
@@ -649,36 +610,6 @@ class _Fitter:
         if self.early_stopping is None or self.early_stopping.stopped_epoch <= 0:
             return None
         return {"epochs_run": self.early_stopping.stopped_epoch + 1, "patience": self.config.patience}
-
-
-def read_history(path):
-    """Per-epoch metrics from a CSVLogger file, as a dict of lists."""
-    if not os.path.exists(path):
-        return {}
-    rows = {}
-    with open(path) as f:
-        for row in csv.DictReader(f):
-            # An epoch re-run after a resume appears twice: keep its last row.
-            rows[int(row["epoch"])] = row
-    # A run resumed with other settings (an IWAE objective, no validation
-    # split) has epochs with other columns: one list per column over all
-    # epochs, NaN where an epoch lacks it.
-    columns = []
-    for row in rows.values():
-        columns += [key for key in row if key is not None and key not in columns]
-    history = {key: [] for key in columns}
-    for epoch in sorted(rows):
-        for key in columns:
-            history[key].append(_number(rows[epoch].get(key)))
-    return history
-
-
-def _number(text):
-    """A CSV cell as a float: NaN for an empty or non-numeric one ("NA")."""
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def summarize(history, beta=1.0, objective="elbo"):

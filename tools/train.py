@@ -39,7 +39,6 @@ the replicas; see docs/distributed.md):
 Only the chief (worker 0) writes files, evaluates, plots and exports.
 """
 
-import json
 import os
 import sys
 
@@ -116,14 +115,9 @@ def parse_args(argv=None):
 
 
 
-def _write_report(path, report):
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    from keras_vae import data, distribute, evaluation, training
+    from keras_vae import data, distribute, evaluation, runs, training
     from keras_vae import report as run_report  # report.html; `report` is evaluation.json's dict
 
     # Before any other TensorFlow work: devices and collectives are set up here.
@@ -134,17 +128,17 @@ def main(argv=None):
         tf.config.experimental.enable_op_determinism()
 
     config = training.TrainConfig(**_cli.dataclass_values(training.TrainConfig, args))
-    files = training.paths(config.output_dir)
+    run = runs.RunDirectory(config.output_dir)
     model, history = training.train(config, fresh=args.fresh, strategy=strategy)
     if not distribute.is_chief(strategy):
         print("Trained; this worker is not the chief: the chief writes the files, evaluates, plots and exports")
         return {"epochs_run": len(history.get("epoch", []))}
 
-    status = training.read_status(config.output_dir) or {}
-    previous = training.read_evaluation(config.output_dir)
+    status = run.status() or {}
+    previous = run.evaluation()
     if previous is not None and previous.get("step") == status.get("step"):
         # Nothing trained since the report: keep its figures, no new export.
-        return _complete(args, model, files, previous)
+        return _complete(args, model, run, previous)
 
     report = {
         "train_seconds": status.get("train_seconds"),  # all sessions, summed
@@ -155,7 +149,7 @@ def main(argv=None):
     }
     seconds = report["train_seconds"]
     took = f"in {seconds:.0f} s" if seconds is not None else "(time not recorded)"
-    print(f"Trained {took} ({report['epochs_run']} epochs, all sessions); best model: {files['best']}")
+    print(f"Trained {took} ({report['epochs_run']} epochs, all sessions); best model: {run.files['best']}")
     summary = training.summarize(history, config.beta, config.objective)
     if summary:
         print(summary)
@@ -177,16 +171,16 @@ def main(argv=None):
             print(f"Evaluating on {split} with k={args.eval_samples} importance samples")
             report["splits"][split] = evaluation.evaluate(model, ds, num_samples=args.eval_samples, seed=config.seed, verbose=config.verbose)
         print(evaluation.format_table(report["splits"]))
-    _write_report(files["evaluation"], report)
+    run.write_evaluation(report)
     if not args.no_plots:
         written = run_report.write_plots(config.output_dir, model=model, config=config, history=history)
         print("Plots: " + ", ".join(written))
-    _export(args, model, files, report)
+    _export(args, model, run, report)
     print(f"Report: {run_report.write_report(config.output_dir, include_plots=not args.no_plots)}")
     return report
 
 
-def _export(args, model, files, report):
+def _export(args, model, run, report):
     """Exports `model` as the next version of <export-dir>/<name> (unless
     --export-dir ''), and records the version directory in the report."""
     if not args.export_dir:
@@ -194,11 +188,11 @@ def _export(args, model, files, report):
     from keras_vae import export
 
     report["export"] = export.export_for_serving(model, os.path.join(args.export_dir, args.name))
-    _write_report(files["evaluation"], report)
+    run.write_evaluation(report)
     print(f"Exported for serving: {report['export']}")
 
 
-def _complete(args, model, files, report):
+def _complete(args, model, run, report):
     """A rerun of a run whose report is up to date: nothing is rewritten.
 
     Only an export that the report does not hold (it was skipped with
@@ -210,10 +204,10 @@ def _complete(args, model, files, report):
 
     exported = report.get("export")
     if "export" in report and report["export"] is None:
-        _export(args, model, files, report)
+        _export(args, model, run, report)
     print(
         f"Nothing new to evaluate or export: the results of this run are in "
-        f"{files['evaluation']} (export: {report.get('export') or 'none'})."
+        f"{run.files['evaluation']} (export: {report.get('export') or 'none'})."
     )
     page = os.path.join(args.output_dir, run_report.REPORT_NAME)
     if report.get("export") != exported or not os.path.exists(page):
