@@ -172,10 +172,10 @@ def test_refused_plots_leave_no_figure_open(tmp_path, plot):
 def test_image_batches_must_be_grey_images(shape, ok):
     batch = np.zeros(shape, np.float32)
     if ok:
-        assert plotting._images(batch).shape == (5, 8, 8)
+        assert plotting._canvas.as_images(batch).shape == (5, 8, 8)
     else:
         with pytest.raises(ValueError, match=r"Expected a batch of grey images.*Received: shape="):
-            plotting._images(batch)
+            plotting._canvas.as_images(batch)
 
 
 @pytest.mark.parametrize("latent", [2, 3])
@@ -198,7 +198,7 @@ def test_plot_all_labels_the_curves_with_the_models_objective_and_kl(module_prot
     from keras_vae.layers import MixtureOfGaussiansPrior
 
     seen = {}
-    monkeypatch.setattr(plotting, "plot_training_curves", lambda history, path, **kw: seen.update(kw) or path)
+    monkeypatch.setattr(plotting.figures, "plot_training_curves", lambda history, path, **kw: seen.update(kw) or path)
     vae = keras_vae.VAE(
         GaussianEncoder(3, hidden_units=(8,)),
         BernoulliDecoder((8, 8, 1), hidden_units=(8,)),
@@ -313,12 +313,12 @@ def test_interpolation_ends_are_the_reconstructions_of_the_pair(spherical, vae3,
 
 def test_slerp_follows_the_great_circle_and_is_linear_for_parallel_codes():
     t = np.array([0.0, 0.5, 1.0])
-    path = plotting._slerp(np.array([[2.0, 0.0]]), np.array([[0.0, 2.0]]), t)[0]
+    path = plotting.latents._slerp(np.array([[2.0, 0.0]]), np.array([[0.0, 2.0]]), t)[0]
     np.testing.assert_allclose(path, [[2, 0], [np.sqrt(2), np.sqrt(2)], [0, 2]], atol=1e-12)
     # Norms 1 and 3: the direction turns evenly, the norm goes 1, 2, 3.
-    path = plotting._slerp(np.array([[1.0, 0.0]]), np.array([[0.0, 3.0]]), t)[0]
+    path = plotting.latents._slerp(np.array([[1.0, 0.0]]), np.array([[0.0, 3.0]]), t)[0]
     np.testing.assert_allclose(path, [[1, 0], [np.sqrt(2), np.sqrt(2)], [0, 3]], atol=1e-12)
-    parallel = plotting._slerp(np.array([[1.0, 1.0]]), np.array([[3.0, 3.0]]), t)[0]
+    parallel = plotting.latents._slerp(np.array([[1.0, 1.0]]), np.array([[3.0, 3.0]]), t)[0]
     np.testing.assert_allclose(parallel, [[1, 1], [2, 2], [3, 3]], atol=1e-12)
 
 
@@ -346,14 +346,14 @@ def curves_figure(monkeypatch):
     """`curves_figure(history)` -> the figure `plot_training_curves` saves
     (left open for inspection; closed at teardown)."""
     figures = []
-    save = plotting._save
+    save = plotting._canvas.save
 
     def keep(fig, path):
         figures.append(fig)
         fig.savefig(path)  # still written, but not closed
         return path
 
-    monkeypatch.setattr(plotting, "_save", keep)
+    monkeypatch.setattr(plotting.figures, "save", keep)
 
     def draw(history, **kwargs):
         import tempfile
@@ -363,7 +363,7 @@ def curves_figure(monkeypatch):
         return figures[-1]
 
     yield draw
-    monkeypatch.setattr(plotting, "_save", save)
+    monkeypatch.setattr(plotting.figures, "save", save)
     plt.close("all")
 
 

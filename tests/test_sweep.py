@@ -81,7 +81,7 @@ def _iso_lines(ax):
 
 
 def test_rate_distortion_plot_draws_the_tables_points_labelled_with_their_beta():
-    fig = plotting._rate_distortion_figure(TABLE)
+    fig = plotting.figures._rate_distortion_figure(TABLE)
     try:
         (ax,) = fig.axes
         rows = sorted(TABLE, key=lambda r: r["beta"])
@@ -106,7 +106,7 @@ def test_rate_distortion_plot_draws_the_tables_points_labelled_with_their_beta()
 
 
 def test_rate_distortion_iso_elbo_lines_have_slope_minus_one_and_their_labelled_values():
-    fig = plotting._rate_distortion_figure(TABLE)
+    fig = plotting.figures._rate_distortion_figure(TABLE)
     try:
         (ax,) = fig.axes
         lines = _iso_lines(ax)
@@ -138,7 +138,7 @@ def test_rate_distortion_iso_elbo_lines_have_slope_minus_one_and_their_labelled_
 
 
 def test_rate_distortion_legend_hides_no_point():
-    fig = plotting._rate_distortion_figure(TABLE)
+    fig = plotting.figures._rate_distortion_figure(TABLE)
     try:
         (ax,) = fig.axes
         fig.canvas.draw()
@@ -168,12 +168,12 @@ def test_plot_rate_distortion_writes_a_png_and_closes_its_figure(tmp_path):
 def test_samples_per_beta_draws_one_row_per_beta_in_order():
     rng = np.random.default_rng(0)
     samples = [rng.random((5, 8, 8, 1)).astype("float32") for _ in range(3)]
-    fig = plotting._samples_per_beta_figure(samples, [0.5, 1.0, 2.0], num_samples=4)
+    fig = plotting.figures._samples_per_beta_figure(samples, [0.5, 1.0, 2.0], num_samples=4)
     try:
         (ax,) = fig.axes
         drawn = np.asarray(ax.images[0].get_array())
         # Row r, column c: image c of beta r (only num_samples=4 of the 5).
-        expected = plotting._tile(np.concatenate([s[:4, ..., 0] for s in samples]), 3, 4)
+        expected = plotting._canvas.tile_images(np.concatenate([s[:4, ..., 0] for s in samples]), 3, 4)
         np.testing.assert_array_equal(drawn, expected)
         assert [t.get_text() for t in ax.get_yticklabels()] == ["β = 0.5", "β = 1", "β = 2"]
         # Each tick label at the middle of its row of 8-pixel images.
@@ -184,13 +184,13 @@ def test_samples_per_beta_draws_one_row_per_beta_in_order():
 
 def test_plot_samples_per_beta_samples_each_model_with_the_same_seed(make_vae, tmp_path):
     models = [make_vae(latent_dim=2, event_shape=(8, 8, 1), seed=s, input_shape=(None, 8, 8, 1)) for s in (0, 1)]
-    fig = plotting._samples_per_beta_figure(models, [0.5, 2.0], num_samples=3, seed=7)
+    fig = plotting.figures._samples_per_beta_figure(models, [0.5, 2.0], num_samples=3, seed=7)
     try:
         drawn = np.asarray(fig.axes[0].images[0].get_array())
     finally:
         plt.close(fig)
     images = np.concatenate([m.sample(3, seed=7).mean().numpy()[..., 0] for m in models])
-    np.testing.assert_allclose(drawn, plotting._tile(images, 2, 3), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(drawn, plotting._canvas.tile_images(images, 2, 3), rtol=0, atol=1e-6)
     path = str(tmp_path / "samples.png")
     assert plotting.plot_samples_per_beta(models, [0.5, 2.0], path, num_samples=3) == path
     assert os.path.getsize(path) > 1000 and plt.get_fignums() == []

@@ -1,73 +1,31 @@
-"""PNG figures of a trained VAE: reconstructions, samples, latent space, curves.
-
-Every `plot_*` function takes a model (or a history, or a beta sweep's table)
-and an output path, writes one PNG with matplotlib's Agg backend (no display
-needed) and returns the path.
-`latent_traversals` and `latent_interpolations` return the decoded arrays that
-`plot_traversals` and `plot_interpolations` draw.
+"""Figures of a run: reconstructions, samples, codebook usage, training
+curves, every plot of a model at once (`plot_all`), and the beta sweep's
+rate-distortion plane and samples per beta.
 """
 
 import os
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.stats  # noqa: E402
-
-from keras_vae._internal.grid import tile  # noqa: E402
-
-from keras_vae import evaluation  # noqa: E402
-from keras_vae import objectives  # noqa: E402
-from keras_vae._internal.validation import check_positive_int  # noqa: E402
+from keras_vae import objectives
+from keras_vae._internal.validation import check_positive_int
+from keras_vae.plotting import latents
+from keras_vae.plotting._canvas import as_images
+from keras_vae.plotting._canvas import is_vq
+from keras_vae.plotting._canvas import save
+from keras_vae.plotting._canvas import tile_images
 
 __all__ = [
-    "latent_interpolations",
-    "latent_traversals",
     "plot_all",
     "plot_codebook_usage",
-    "plot_interpolations",
-    "plot_latent_space",
-    "plot_manifold",
     "plot_rate_distortion",
     "plot_reconstructions",
     "plot_samples",
     "plot_samples_per_beta",
     "plot_training_curves",
-    "plot_traversals",
 ]
-
-
-def _images(batch):
-    """`[n, h, w, 1]` or `[n, h, w]` array -> `[n, h, w]` float array."""
-    batch = np.asarray(batch, dtype=np.float32)
-    if batch.ndim == 4 and batch.shape[-1] == 1:
-        batch = batch[..., 0]
-    if batch.ndim != 3:
-        raise ValueError(
-            "Expected a batch of grey images [n, height, width(, 1)]. "
-            f"Received: shape={batch.shape}"
-        )
-    return batch
-
-
-def _tile(images, rows, cols, pad=1):
-    """The plots' grids: `rows` x `cols` frames, 1-pixel frames of value 1."""
-    return tile(images, cols, rows=rows, pad=pad, pad_value=1.0)
-
-
-def _save(fig, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _is_vq(model):
-    """Whether `model` has discrete codes (a `keras_vae.VQVAE`)."""
-    return hasattr(model, "quantizer")
 
 
 def plot_codebook_usage(model, x, path, num_grids=8):
@@ -100,306 +58,42 @@ def plot_codebook_usage(model, x, path, num_grids=8):
             cell.set_yticks([])
             if i == 0:
                 cell.set_ylabel("code grids", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_reconstructions(model, x, path, num_examples=12):
     """Inputs (top row) above their reconstructions (decoder mean at E_q[z])."""
     x = np.asarray(x)[:num_examples]
     recon = model.reconstruct(x).mean().numpy()
-    rows = (_images(x), _images(recon))
+    rows = (as_images(x), as_images(recon))
     fig, axes = plt.subplots(2, 1, figsize=(num_examples * 0.9, 2.4))
-    what = "E[x | z_q(x)], the nearest codes" if _is_vq(model) else "E[x | z = E_q[z|x]]"
+    what = "E[x | z_q(x)], the nearest codes" if is_vq(model) else "E[x | z = E_q[z|x]]"
     for ax, images, title in zip(
         axes, rows, ("input x", f"reconstruction {what}")
     ):
-        ax.imshow(_tile(images, 1, len(x)), cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(tile_images(images, 1, len(x)), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(title, fontsize=9, loc="left")
         ax.axis("off")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_samples(model, path, num_samples=64, seed=0):
     """Pixel probabilities of p(x|z) for z drawn from the prior, in a grid."""
     side = int(np.ceil(np.sqrt(num_samples)))
-    images = _images(model.sample(num_samples, seed=seed).mean().numpy())
+    images = as_images(model.sample(num_samples, seed=seed).mean().numpy())
     fig, ax = plt.subplots(figsize=(side * 0.8, side * 0.8))
-    ax.imshow(_tile(images, side, side), cmap="gray_r", vmin=0, vmax=1)
-    drawn = "E[x|z_q(k)], codes k ~ p(k)" if _is_vq(model) else "E[x|z], z ~ p(z)"
+    ax.imshow(tile_images(images, side, side), cmap="gray_r", vmin=0, vmax=1)
+    drawn = "E[x|z_q(k)], codes k ~ p(k)" if is_vq(model) else "E[x|z], z ~ p(z)"
     ax.set_title(f"{num_samples} samples: {drawn}", fontsize=9)
     ax.axis("off")
-    return _save(fig, path)
-
-
-def plot_latent_space(model, x, path, labels=None):
-    """Posterior means E_q[z|x] in 2-D (the first two principal components
-    when latent_dim > 2), coloured by label when labels are given."""
-    means = objectives.posterior_location(model.encode(x)).numpy().astype(np.float64)
-    if means.shape[1] > 2:
-        centred = means - means.mean(axis=0)
-        _, s, vt = np.linalg.svd(centred, full_matrices=False)
-        coords = centred @ vt[:2].T
-        explained = (s[:2] ** 2).sum() / (s**2).sum()
-        xlabel, ylabel = "PC 1", "PC 2"
-        title = f"posterior means, PCA of {means.shape[1]} dims ({explained:.0%} of variance)"
-    else:
-        coords = means if means.shape[1] == 2 else np.c_[means, np.zeros(len(means))]
-        xlabel, ylabel = "z1", "z2"
-        title = "posterior means E_q[z|x]"
-    fig, ax = plt.subplots(figsize=(6, 5))
-    if labels is not None and np.any(np.asarray(labels) >= 0):
-        scatter = ax.scatter(coords[:, 0], coords[:, 1], c=labels, cmap="tab10", s=4, alpha=0.7)
-        fig.colorbar(scatter, ax=ax, label="label")
-    else:
-        ax.scatter(coords[:, 0], coords[:, 1], s=4, alpha=0.5)
-        title += " (dataset has no labels)"
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    return _save(fig, path)
-
-
-def plot_manifold(model, path, grid_size=15):
-    """Decoder means over a grid of prior quantiles (2-D latent spaces only)."""
-    if model.latent_dim != 2:
-        raise ValueError(
-            f"Expected a model with latent_dim=2 for a manifold plot. Received: latent_dim={model.latent_dim}"
-        )
-    quantiles = scipy.stats.norm.ppf(np.linspace(0.05, 0.95, grid_size))
-    z = np.array([[a, b] for b in quantiles[::-1] for a in quantiles], np.float32)
-    images = model.decode(z).mean().numpy()
-    fig, ax = plt.subplots(figsize=(7, 7))
-    ax.imshow(_tile(_images(images), grid_size, grid_size), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_title("E[x|z] over the 5%-95% quantiles of p(z) (z1 across, z2 up)", fontsize=9)
-    ax.axis("off")
-    return _save(fig, path)
-
-
-def _grid_canvas(grid, gap_after=(), pad=1):
-    """Images `[rows, cols, h, w]` laid out in one canvas.
-
-    Each image gets a `pad`-pixel frame (drawn black); a white gap half an
-    image wide follows each column index in `gap_after`; a cell whose image
-    is all NaN stays white (no image there). Returns `(canvas, x, y)`: the
-    canvas (NaN where white) and the pixel centres of the columns and rows.
-    """
-    rows, cols, h, w = grid.shape
-    gap = max(2, w // 2)
-    lefts, x = [], pad
-    for c in range(cols):
-        lefts.append(x)
-        x += w + pad + (gap if c in gap_after else 0)
-    tops = [pad + r * (h + pad) for r in range(rows)]
-    canvas = np.full((pad + rows * (h + pad), x), np.nan, np.float32)
-    for r, top in enumerate(tops):
-        for c, left in enumerate(lefts):
-            if np.all(np.isnan(grid[r, c])):
-                continue
-            canvas[top - pad : top + h + pad, left - pad : left + w + pad] = 1.0
-            canvas[top : top + h, left : left + w] = grid[r, c]
-    return canvas, np.asarray(lefts) + (w - 1) / 2, np.asarray(tops) + (h - 1) / 2
-
-
-def _draw_grid(ax, grid, row_labels, col_labels, gap_after=()):
-    """Draws `_grid_canvas(grid, gap_after)` on `ax`, rows and columns labelled."""
-    canvas, x, y = _grid_canvas(grid, gap_after)
-    cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="white")
-    ax.imshow(canvas, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks(x, col_labels, fontsize=7)
-    ax.set_yticks(y, row_labels, fontsize=8)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
-
-def latent_traversals(model, x, num_dims=10, num_steps=9, span=3.0, index=0):
-    """Decoder means along one latent unit at a time, the most active first.
-
-    The code of the image `x[index]` is its posterior mean E_q[z|x]. Row i
-    moves unit `dims[i]` alone, by `offsets` times that unit's standard
-    deviation under the prior (1 for N(0, I); the mixture's for a learned
-    prior), and decodes each code. The rows are the `num_dims` units of
-    largest activity: the variance over `x` of E_q[z_j|x] (Burda et al.
-    2016; `keras_vae.evaluation.active_units` measures it).
-
-    Args:
-        model: A `keras_vae.VAE`.
-        x: Images `[n, *event_shape]`; the activity is measured over all
-            of them.
-        num_dims: Number of rows (at most `latent_dim`).
-        num_steps: Codes per row, at evenly spaced offsets from `-span` to
-            `span` (odd: the middle one is the reconstruction of the image).
-        span: The largest offset, in prior standard deviations.
-        index: Which image of `x` is traversed.
-
-    Returns:
-        A dict of NumPy arrays: `images` `[rows, num_steps, *event_shape]`
-        (decoder means), `codes` `[rows, num_steps, latent_dim]` (what was
-        decoded), `dims` `[rows]` (the unit of each row), `activity`
-        `[latent_dim]`, `num_active` (the count of active units), `offsets`
-        `[num_steps]`, `prior_scale` `[latent_dim]`, `code` `[latent_dim]`
-        (the posterior mean of `x[index]`).
-
-    Example:
-
-    >>> t = latent_traversals(vae, x_val[:2000], num_dims=5)  # doctest: +SKIP
-    >>> t["images"].shape  # doctest: +SKIP
-    (5, 9, 28, 28, 1)
-    """
-    check_positive_int("num_dims", num_dims)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
-        raise ValueError(f"Expected `num_steps` to be an integer >= 2. Received: num_steps={num_steps!r}")
-    x = np.asarray(x)
-    if not 0 <= index < len(x):
-        raise ValueError(f"Expected 0 <= index < {len(x)} (the number of images). Received: index={index}")
-    means = objectives.posterior_location(model.encode(x)).numpy()
-    num_active, activity = evaluation.active_units(means)
-    dims = np.argsort(-activity, kind="stable")[:num_dims]
-    offsets = np.linspace(-span, span, num_steps)
-    prior_scale = np.asarray(model.prior.distribution().stddev(), np.float64)
-    code = means[index]
-    codes = np.tile(code.astype(np.float64), (len(dims), num_steps, 1))
-    for row, dim in enumerate(dims):
-        codes[row, :, dim] += offsets * prior_scale[dim]
-    codes = codes.astype(means.dtype)
-    images = model.decode(codes.reshape(-1, codes.shape[-1])).mean().numpy()
-    return {
-        "images": images.reshape(codes.shape[:2] + images.shape[1:]),
-        "codes": codes,
-        "dims": dims,
-        "activity": activity,
-        "num_active": num_active,
-        "offsets": offsets,
-        "prior_scale": prior_scale,
-        "code": code,
-    }
-
-
-def plot_traversals(model, x, path, num_dims=10, num_steps=9, span=3.0, index=0):
-    """Latent traversals of one image: a row per unit, the most active first.
-
-    The input image on the left; in row i, the decoder means E[x|z] with z
-    its posterior mean and unit `dims[i]` moved from `-span` to `+span` prior
-    standard deviations (the middle column is the reconstruction). Rows are
-    labelled with the unit and its activity Var_x(E_q[z_j|x]) over `x`;
-    inactive units (by `keras_vae.evaluation.active_units`) say so. See
-    `latent_traversals` for the arguments.
-    """
-    t = latent_traversals(model, x, num_dims=num_dims, num_steps=num_steps, span=span, index=index)
-    rows = len(t["dims"])
-    grid = _images(t["images"].reshape((-1,) + t["images"].shape[2:]))
-    grid = grid.reshape((rows, num_steps) + grid.shape[1:])
-    inputs = np.full((rows, 1) + grid.shape[2:], np.nan, np.float32)
-    inputs[0, 0] = _images(np.asarray(x)[index : index + 1])[0]
-    row_labels = [
-        f"z{dim}: {t['activity'][dim]:.3g}" + ("" if rank < t["num_active"] else " (inactive)")
-        for rank, dim in enumerate(t["dims"])
-    ]
-    col_labels = ["input"] + [f"{o:+.3g}σ" for o in t["offsets"]]
-    fig, ax = plt.subplots(figsize=(0.6 * (num_steps + 2) + 1.5, 0.6 * rows + 1.2))
-    _draw_grid(ax, np.concatenate([inputs, grid], axis=1), row_labels, col_labels, gap_after=(0,))
-    ax.set_xlabel("z_j moved from E_q[z_j|x] by k prior standard deviations", fontsize=8)
-    ax.set_ylabel("unit j: activity Var_x(E_q[z_j|x])", fontsize=8)
-    ax.set_title(
-        f"Traversals: the {rows} most active of {model.latent_dim} units "
-        f"({t['num_active']} active); E[x|z] with one unit moved",
-        fontsize=9,
-    )
-    return _save(fig, path)
-
-
-def _slerp(z_a, z_b, t):
-    """Spherical interpolation of codes `[n, d]` at weights `t` -> `[n, len(t), d]`.
-
-    The direction moves along the great circle from that of `z_a` to that of
-    `z_b` at constant angular speed, the norm linearly from |z_a| to |z_b|;
-    where the directions are (anti)parallel, the path is the straight line.
-    """
-    norm_a = np.linalg.norm(z_a, axis=-1, keepdims=True)
-    norm_b = np.linalg.norm(z_b, axis=-1, keepdims=True)
-    unit_a = z_a / np.maximum(norm_a, 1e-12)
-    unit_b = z_b / np.maximum(norm_b, 1e-12)
-    omega = np.arccos(np.clip(np.sum(unit_a * unit_b, axis=-1, keepdims=True), -1.0, 1.0))
-    sin = np.sin(omega)
-    parallel = sin < 1e-6
-    safe = np.where(parallel, 1.0, sin)
-    weight_a = np.where(parallel, 1 - t, np.sin((1 - t) * omega) / safe)
-    weight_b = np.where(parallel, t, np.sin(t * omega) / safe)
-    direction = weight_a[..., None] * unit_a[:, None] + weight_b[..., None] * unit_b[:, None]
-    norm = (1 - t) * norm_a + t * norm_b
-    return norm[..., None] * direction
-
-
-def latent_interpolations(model, x_a, x_b, num_steps=8, spherical=False):
-    """Decoder means along paths between the codes of pairs of images.
-
-    The codes are the posterior means z_a = E_q[z|x_a], z_b = E_q[z|x_b];
-    the path is `(1 - t) z_a + t z_b` for `num_steps` weights t from 0 to 1
-    (or the spherical interpolation, `spherical=True`), so its ends are the
-    reconstructions of `x_a` and `x_b`.
-
-    Args:
-        model: A `keras_vae.VAE`.
-        x_a: Images `[n, *event_shape]`, where the paths start.
-        x_b: Images of the same shape, where they end.
-        num_steps: Codes per path, ends included (>= 2).
-        spherical: Move the direction along the great circle (at constant
-            angular speed) and the norm linearly, instead of the straight line.
-
-    Returns:
-        A dict of NumPy arrays: `images` `[n, num_steps, *event_shape]`
-        (decoder means), `codes` `[n, num_steps, latent_dim]`, `weights`
-        `[num_steps]` (t).
-
-    Example:
-
-    >>> path = latent_interpolations(vae, x[:4], x[4:8], num_steps=6)  # doctest: +SKIP
-    >>> path["images"].shape  # doctest: +SKIP
-    (4, 6, 28, 28, 1)
-    """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 2:
-        raise ValueError(f"Expected `num_steps` to be an integer >= 2. Received: num_steps={num_steps!r}")
-    x_a, x_b = np.asarray(x_a), np.asarray(x_b)
-    if x_a.shape != x_b.shape:
-        raise ValueError(
-            f"Expected x_a and x_b of the same shape. Received: x_a.shape={x_a.shape}, x_b.shape={x_b.shape}"
-        )
-    z_a = objectives.posterior_location(model.encode(x_a)).numpy()
-    z_b = objectives.posterior_location(model.encode(x_b)).numpy()
-    weights = np.linspace(0.0, 1.0, num_steps)
-    a, b = z_a.astype(np.float64), z_b.astype(np.float64)
-    if spherical:
-        codes = _slerp(a, b, weights)
-    else:
-        codes = (1 - weights)[None, :, None] * a[:, None] + weights[None, :, None] * b[:, None]
-    codes = codes.astype(z_a.dtype)
-    images = model.decode(codes.reshape(-1, codes.shape[-1])).mean().numpy()
-    return {"images": images.reshape(codes.shape[:2] + images.shape[1:]), "codes": codes, "weights": weights}
-
-
-def plot_interpolations(model, x_a, x_b, path, num_steps=8, spherical=False):
-    """One row per pair: x_a, the decoder means along the path between the
-    codes of x_a and x_b, then x_b. See `latent_interpolations`."""
-    result = latent_interpolations(model, x_a, x_b, num_steps=num_steps, spherical=spherical)
-    pairs = len(result["images"])
-    decoded = _images(result["images"].reshape((-1,) + result["images"].shape[2:]))
-    decoded = decoded.reshape((pairs, num_steps) + decoded.shape[1:])
-    grid = np.concatenate([_images(x_a)[:, None], decoded, _images(x_b)[:, None]], axis=1)
-    col_labels = ["x_a"] + [f"t={t:.2g}" for t in result["weights"]] + ["x_b"]
-    fig, ax = plt.subplots(figsize=(0.6 * (num_steps + 3) + 1, 0.6 * pairs + 1.2))
-    _draw_grid(ax, grid, [str(i + 1) for i in range(pairs)], col_labels, gap_after=(0, num_steps))
-    ax.set_ylabel("pair", fontsize=8)
-    how = "great circle" if spherical else "z = (1 - t) z_a + t z_b"
-    ax.set_title(
-        f"Interpolations between posterior means z_a = E_q[z|x_a], z_b = E_q[z|x_b] ({how}): E[x|z]",
-        fontsize=9,
-    )
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # The training-curve panels: history key and on which side its bad epochs lie
 # (where a long run's worst 5% may fall off the axis); titles in `_curve_titles`.
 _CURVES = (("loss", "high"), ("reconstruction", None), ("kl", None), ("elbo", "low"))
+
+
 # A VQ-VAE's panels (objective "vqvae"): its KL is the constant N log K while
 # it trains, so the codebook's losses and use take that panel and the ELBO's.
 _VQ_CURVES = (("loss", "high"), ("reconstruction", None), ("commitment_loss", None), ("perplexity", None))
@@ -595,7 +289,7 @@ def plot_training_curves(history, path, objective=None, kl_is_analytic=None):
     ...                      "/tmp/curves.png")  # doctest: +SKIP
     '/tmp/curves.png'
     """
-    return _save(_training_curves_figure(history, objective, kl_is_analytic), path)
+    return save(_training_curves_figure(history, objective, kl_is_analytic), path)
 
 
 def plot_all(model, history, images, output_dir, labels=None, seed=0):
@@ -617,7 +311,7 @@ def plot_all(model, history, images, output_dir, labels=None, seed=0):
     """
     images = np.asarray(images)
     labels = None if labels is None else np.asarray(labels)
-    if _is_vq(model):
+    if is_vq(model):
         # Discrete codes: no latent space, traversals or interpolations of z.
         written = [
             plot_reconstructions(model, images, os.path.join(output_dir, "reconstructions.png")),
@@ -630,18 +324,18 @@ def plot_all(model, history, images, output_dir, labels=None, seed=0):
     written = [
         plot_reconstructions(model, images, os.path.join(output_dir, "reconstructions.png")),
         plot_samples(model, os.path.join(output_dir, "samples.png"), seed=seed),
-        plot_latent_space(model, images, os.path.join(output_dir, "latent_space.png"), labels=labels),
-        plot_traversals(model, images, os.path.join(output_dir, "traversals.png")),
+        latents.plot_latent_space(model, images, os.path.join(output_dir, "latent_space.png"), labels=labels),
+        latents.plot_traversals(model, images, os.path.join(output_dir, "traversals.png")),
     ]
     pairs = min(8, len(images) // 2)
     if pairs:
         written.append(
-            plot_interpolations(
+            latents.plot_interpolations(
                 model, images[:pairs], images[pairs : 2 * pairs], os.path.join(output_dir, "interpolations.png")
             )
         )
     if model.latent_dim == 2:
-        written.append(plot_manifold(model, os.path.join(output_dir, "manifold.png")))
+        written.append(latents.plot_manifold(model, os.path.join(output_dir, "manifold.png")))
     if history:
         written.append(
             plot_training_curves(
@@ -756,7 +450,7 @@ def plot_rate_distortion(table, path, title=None):
     ...                       {"beta": 2.0, "rate": 15.0, "distortion": 95.0}],
     ...                      "rate_distortion.png")  # doctest: +SKIP
     """
-    return _save(_rate_distortion_figure(table, title), path)
+    return save(_rate_distortion_figure(table, title), path)
 
 
 def _samples_per_beta_figure(models_or_samples, betas, num_samples=10, seed=0):
@@ -771,7 +465,7 @@ def _samples_per_beta_figure(models_or_samples, betas, num_samples=10, seed=0):
     for item in models_or_samples:
         if hasattr(item, "sample"):
             item = item.sample(num_samples, seed=seed).mean().numpy()
-        rows.append(_images(item)[:num_samples])
+        rows.append(as_images(item)[:num_samples])
     shapes = {row.shape[1:] for row in rows}
     if len(shapes) != 1:
         raise ValueError(f"Expected images of one shape for every beta. Received: shapes={sorted(shapes)}")
@@ -780,7 +474,7 @@ def _samples_per_beta_figure(models_or_samples, betas, num_samples=10, seed=0):
     for r, row in enumerate(rows):
         grid[r * cols: r * cols + len(row)] = row
     fig, ax = plt.subplots(figsize=(cols * 0.8 + 1.0, len(rows) * 0.8 + 0.6))
-    ax.imshow(_tile(grid, len(rows), cols), cmap="gray_r", vmin=0, vmax=1)
+    ax.imshow(tile_images(grid, len(rows), cols), cmap="gray_r", vmin=0, vmax=1)
     ax.set_yticks([1 + r * (height + 1) + (height - 1) / 2 for r in range(len(rows))])
     ax.set_yticklabels([f"β = {b:g}" for b in betas])
     ax.set_xticks([])
@@ -814,4 +508,4 @@ def plot_samples_per_beta(models_or_samples, betas, path, num_samples=10, seed=0
 
     >>> plot_samples_per_beta([vae_05, vae_1, vae_2], [0.5, 1, 2], "samples.png")  # doctest: +SKIP
     """
-    return _save(_samples_per_beta_figure(models_or_samples, betas, num_samples, seed), path)
+    return save(_samples_per_beta_figure(models_or_samples, betas, num_samples, seed), path)
