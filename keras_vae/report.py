@@ -29,7 +29,7 @@ from keras_vae import runs
 from keras_vae import training
 from keras_vae._internal.version import VERSION
 
-__all__ = ["CAPTIONS", "REPORT_NAME", "write_plots", "write_report"]
+__all__ = ["CAPTIONS", "REPORT_NAME", "VQ_CAPTIONS", "write_plots", "write_report"]
 
 REPORT_NAME = "report.html"
 
@@ -67,6 +67,24 @@ CAPTIONS = {
         "dataset has labels (binarized_mnist has none)."
     ),
     "manifold.png": "Manifold: decoder means over a grid of prior quantiles (2 latents only).",
+}
+# A VQ-VAE's plots (`--model vqvae`), in the page's order.
+VQ_CAPTIONS = {
+    "training_curves.png": (
+        "Training curves: loss (-log p(x|z_q) plus the codebook and commitment losses), "
+        "reconstruction log p(x|z_q(x)), commitment loss and codebook perplexity per epoch, "
+        "training and validation. The history's ELBO is under the uniform prior of the "
+        "auto-encoder's training; the evaluation above uses the fitted code prior."
+    ),
+    "reconstructions.png": (
+        "Reconstructions: validation images (top) and the decoder mean at their nearest "
+        "codes z_q(x) (bottom)."
+    ),
+    "samples.png": "Samples: code grids drawn from the PixelCNN prior p(k), decoded (pixel probabilities).",
+    "codebook_usage.png": (
+        "Codebook usage on the validation images: each code's share of the grid positions, "
+        "most used first, and the code grids of the first 8 images, one colour per code."
+    ),
 }
 
 _STYLE = """
@@ -153,21 +171,35 @@ def _training_section(config, status, history, results, files):
         training.summarize(history, config.get("beta", 1.0), config.get("objective", "elbo")) if history else ""
     )
     parts.extend(_paragraph(line) for line in summary.splitlines())
+    prior = (status or {}).get("code_prior")
+    if prior:
+        held_out = prior.get("val_log_prob")
+        shown = f"{held_out:.2f} nats on validation" if held_out is not None else f"{prior['log_prob']:.2f} on training"
+        parts.append(_paragraph(
+            f"Code prior (PixelCNN) fitted after training in {prior['seconds']:.0f} s "
+            f"({prior['epochs']} epochs): log p(k) = {shown}, per code grid. The ELBO above "
+            "is under the uniform prior; the evaluation uses the fitted one."
+        ))
     return parts
 
 
-def _evaluation_section(results):
+def _evaluation_section(results, vq=False):
     parts = ["<h2>Evaluation</h2>"]
     splits = (results or {}).get("splits")
     if splits:
         parts.append(f"<pre>{html.escape(evaluation.format_table(splits))}</pre>")
-        parts.append(_paragraph(
-            "Nats per example. NLL: -log p(x) estimated with k importance samples (the "
+        note = (
+            "Nats per example. The bound log p(x|z_q(x)) + log p(k(x)) of a deterministic "
+            "posterior (its ELBO: importance sampling cannot tighten it); rate: -log p(k(x)) "
+            "under the code prior; distortion: -log p(x|z_q(x)); codes in use: codes "
+            "assigned at least once."
+            if vq
+            else "Nats per example. NLL: -log p(x) estimated with k importance samples (the "
             "IWAE bound); gap: log p(x) - ELBO; rate: KL(q(z|x) || p(z)); distortion: "
             "-E_q[log p(x|z)]; active units: latent units whose posterior mean varies "
-            "over the data (variance > 0.01).",
-            note=True,
-        ))
+            "over the data (variance > 0.01)."
+        )
+        parts.append(_paragraph(note, note=True))
     elif results is not None:
         parts.append(_paragraph("Not evaluated (--eval-samples 0)."))
     else:
@@ -175,17 +207,17 @@ def _evaluation_section(results):
     return parts
 
 
-def _plot_files(plots_dir):
-    """PNG files of `plots_dir`: those of `CAPTIONS` in its order, then the rest."""
+def _plot_files(plots_dir, captions=CAPTIONS):
+    """PNG files of `plots_dir`: those of `captions` in its order, then the rest."""
     found = {os.path.basename(p): p for p in glob.glob(os.path.join(plots_dir, "*.png"))}
-    order = [name for name in CAPTIONS if name in found]
-    order += sorted(name for name in found if name not in CAPTIONS)
+    order = [name for name in captions if name in found]
+    order += sorted(name for name in found if name not in captions)
     return [found[name] for name in order]
 
 
-def _plots_section(plots_dir, include_plots, run_dir):
+def _plots_section(plots_dir, include_plots, run_dir, captions=CAPTIONS):
     parts = ["<h2>Plots</h2>"]
-    paths = _plot_files(plots_dir) if include_plots else []
+    paths = _plot_files(plots_dir, captions) if include_plots else []
     if not paths:
         why = "were not written for this run (--no-plots)" if not include_plots else f"are not in {plots_dir}"
         command = f"python tools/report.py {run_dir}"
@@ -199,7 +231,7 @@ def _plots_section(plots_dir, include_plots, run_dir):
             data = base64.b64encode(f.read()).decode("ascii")
         parts.append(
             f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
-            f"<figcaption><b>{html.escape(name)}</b>. {html.escape(CAPTIONS.get(name, ''))}</figcaption></figure>"
+            f"<figcaption><b>{html.escape(name)}</b>. {html.escape(captions.get(name, ''))}</figcaption></figure>"
         )
     return parts
 
@@ -253,6 +285,7 @@ def write_report(run_dir, path=None, include_plots=True):
     status = run.status()
     history = run.history()
     results = run.evaluation()
+    vq = config.get("model") == "vqvae"
     name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
     written = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     config_rows = [(key, json.dumps(value)) for key, value in config.items()]
@@ -264,8 +297,8 @@ def write_report(run_dir, path=None, include_plots=True):
             note=True,
         ),
         *_training_section(config, status, history, results, files),
-        *_evaluation_section(results),
-        *_plots_section(files["plots"], include_plots, run_dir),
+        *_evaluation_section(results, vq=vq),
+        *_plots_section(files["plots"], include_plots, run_dir, VQ_CAPTIONS if vq else CAPTIONS),
         "<h2>Configuration</h2>",
         _paragraph("config.json: the options of tools/train.py that made this run.", note=True),
         _table(config_rows, header=("option", "value")),

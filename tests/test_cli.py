@@ -761,7 +761,8 @@ def test_train_a_vqvae_writes_its_report_fits_its_prior_once_and_exports(mock_tf
     assert json.loads((output_dir / "status.json").read_text()) == status
     for name in ("reconstructions", "samples", "codebook_usage", "training_curves"):
         assert (output_dir / "plots" / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
-    assert (output_dir / "report.html").exists()
+    page = (output_dir / "report.html").read_text()
+    assert "Code prior (PixelCNN) fitted" in page and "Codebook usage on the validation images" in page
     model = keras.saving.load_model(str(output_dir / "best.keras"))
     assert isinstance(model, keras_vae.VQVAE) and model.grid_shape == (7, 7)
     assert np.ptp(model.prior(np.zeros((1, 7, 7), "int32")).numpy()) > 0  # the fitted prior was saved
