@@ -38,8 +38,6 @@ from keras_vae._internal.choices import OBJECTIVES
 from keras_vae._internal.seeds import stateless_seed
 from keras_vae._internal.validation import check_latent_dim
 from keras_vae._internal.validation import check_positive_int
-from keras_vae._internal.version import VERSION
-from keras_vae._internal.version import check_version
 from keras_vae.layers.priors import StandardNormalPrior
 from keras_vae.models._inputs import InputChecks
 from keras_vae.models.training_policy import TrainingPolicy
@@ -448,41 +446,9 @@ class HierarchicalVAE(TrainingPolicy, InputChecks, keras.Model):
         modes = {"loss": "min", "reconstruction": "max", "elbo": "max", "iwae": "max"}
         return dict(modes, **{name: "min" for name in self.trackers if name.startswith("kl")})
 
-    def _loss(self, terms):
-        loss = -tf.reduce_mean(terms["objective"])
-        if self.losses:
-            loss = loss + tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
-        return loss
-
-    def _update_metrics(self, loss, terms):
-        batch_size = tf.shape(terms["elbo"])[0]
-        loss = tf.where(batch_size > 0, loss, tf.zeros_like(loss))
-        for name, tracker in self.trackers.items():
-            if name == "loss":
-                tracker.update_state(loss, sample_weight=batch_size)
-            else:
-                tracker.update_state(terms[name])
-        return _distribution.reducible_logs({m.name: m.result() for m in self.metrics})
-
-    def train_step(self, data):
-        # As keras_vae.VAE's: the batch was checked where it entered.
-        x = self._prepare(data, checked=True)
-        with tf.control_dependencies([x]):
-            with tf.GradientTape() as tape:
-                terms = self.objective_terms(x, training=True, prepared=True)
-                loss = self._loss(terms)
-                scaled_loss = self.optimizer.scale_loss(
-                    _distribution.scale_loss_for_distribution(loss, tf.shape(terms["elbo"])[0])
-                )
-            gradients = tape.gradient(scaled_loss, self.trainable_weights)
-            self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-            return self._update_metrics(loss, terms)
-
-    def test_step(self, data):
-        x = self._prepare(data, checked=True)
-        with tf.control_dependencies([x]):
-            terms = self.objective_terms(x, training=False, prepared=True)
-            return self._update_metrics(self._loss(terms), terms)
+    def _step_terms(self, x, training):
+        """What the shared training and evaluation steps compute (x prepared)."""
+        return self.objective_terms(x, training=training, prepared=True)
 
     @property
     def metrics(self):
@@ -492,31 +458,24 @@ class HierarchicalVAE(TrainingPolicy, InputChecks, keras.Model):
 
     def get_config(self):
         serialize = keras.saving.serialize_keras_object
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": serialize(self.dtype_policy),
-            "encoders": [serialize(e) for e in self.encoders],
-            "conditional_priors": [serialize(p) for p in self.conditional_priors],
-            "decoder": serialize(self.decoder),
-            "prior": serialize(self.prior),
-            "beta": self.initial_beta,
-            "seed": self.seed,
-            "objective": self.objective,
-            "num_samples": self.num_samples,
-            "validate_inputs": self.validate_inputs,
-            "keras_vae_version": VERSION,
-        }
+        return self._base_config(
+            encoders=[serialize(e) for e in self.encoders],
+            conditional_priors=[serialize(p) for p in self.conditional_priors],
+            decoder=serialize(self.decoder),
+            prior=serialize(self.prior),
+            beta=self.initial_beta,
+            seed=self.seed,
+            objective=self.objective,
+            num_samples=self.num_samples,
+            validate_inputs=self.validate_inputs,
+        )
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        check_version(config.pop("keras_vae_version", None), what="This HierarchicalVAE config")
+        config = cls._config_to_load(config)
         deserialize = keras.saving.deserialize_keras_object
         config["encoders"] = [deserialize(e) for e in config["encoders"]]
         config["conditional_priors"] = [deserialize(p) for p in config["conditional_priors"]]
         for key in ("decoder", "prior"):
             config[key] = deserialize(config[key])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = deserialize(config["dtype"])
         return cls(**config)

@@ -11,6 +11,16 @@ model's strategy scope. The model classes hold only their math.
 A class using it provides `input_event_shape` (the shape of one example,
 once built) and `METRIC_MODES` (which way each of its logged metrics
 improves).
+
+It also holds the training and evaluation steps every model runs (the
+input's control dependency, the loss scaled for the replicas, the optimizer's
+update, the metrics) and the parts of `get_config` / `from_config` every
+model has. A class provides `_step_terms(x, training)`: per-example tensors
+with `objective` (what training maximizes; the loss is minus its batch mean,
+plus any regularization losses) and a key for each of its metrics but
+`loss` (`METRIC_TERMS` maps a metric to another key); and may override
+`_trained_variables()` (default: all trainable ones) and
+`_after_update(terms)` (state set after the optimizer's step).
 """
 
 import os
@@ -22,6 +32,8 @@ import tensorflow as tf
 from keras_vae._internal import distribution as _distribution
 from keras_vae._internal import keras_workarounds
 from keras_vae._internal import precision
+from keras_vae._internal.version import VERSION
+from keras_vae._internal.version import check_version
 from keras_vae.optimizers import FusedAdam
 
 # The most training steps per compiled call that `compile()`'s default
@@ -33,6 +45,9 @@ class TrainingPolicy:
     """Mixin: `compile` / `fit` defaults shared by the package's models."""
 
     METRIC_MODES = {}
+    # The per-example term a metric is updated with, where it is not the
+    # metric's own name.
+    METRIC_TERMS = {}
     # Whether `jit_compile="auto"` may choose XLA for this class on a CPU
     # where XLA measured faster for `keras_vae.VAE` (a class sets False where
     # XLA is slower for its step).
@@ -153,6 +168,87 @@ class TrainingPolicy:
         return super().export(
             filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
         )
+
+    # ------------------------------------------------------------ the steps
+
+    def _trained_variables(self):
+        """What the optimizer updates: every trainable variable."""
+        return self.trainable_weights
+
+    def _after_update(self, terms):
+        """State updated after the optimizer's step (none by default)."""
+
+    def _loss(self, terms):
+        """Minus the batch mean of `terms["objective"]`, plus any regularization losses."""
+        loss = -tf.reduce_mean(terms["objective"])
+        if self.losses:
+            loss = loss + tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
+        return loss
+
+    def _update_metrics(self, loss, terms):
+        batch_size = tf.shape(terms["elbo"])[0]
+        # A replica can receive an empty part of a last partial batch: its
+        # mean loss is NaN, with weight 0, and must not poison the metric.
+        loss = tf.where(batch_size > 0, loss, tf.zeros_like(loss))
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=batch_size)
+            else:
+                metric.update_state(terms[self.METRIC_TERMS.get(metric.name, metric.name)])
+        return _distribution.reducible_logs({m.name: m.result() for m in self.metrics})
+
+    def train_step(self, data):
+        # The batch was checked where it entered (`fit`'s input pipeline, see
+        # keras_vae.models._inputs): the step itself carries no assertions.
+        # Its state changes that do not depend on the data (the seed
+        # generator's draw, the optimizer's step count) wait for it all the
+        # same: when the pipeline refuses a batch, nothing of its step runs.
+        x = self._prepare(data, checked=True)
+        with tf.control_dependencies([x]):
+            variables = self._trained_variables()
+            with tf.GradientTape() as tape:
+                terms = self._step_terms(x, training=True)
+                loss = self._loss(terms)
+                scaled_loss = self.optimizer.scale_loss(
+                    _distribution.scale_loss_for_distribution(loss, tf.shape(terms["elbo"])[0])
+                )
+            gradients = tape.gradient(scaled_loss, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables))
+            # After the optimizer's update (TensorFlow orders the two where
+            # they touch the same variables: read after written).
+            self._after_update(terms)
+            return self._update_metrics(loss, terms)
+
+    def test_step(self, data):
+        x = self._prepare(data, checked=True)
+        with tf.control_dependencies([x]):  # the seed generator's draw too
+            terms = self._step_terms(x, training=False)
+            return self._update_metrics(self._loss(terms), terms)
+
+    # ------------------------------------------------------------ saving
+
+    def _base_config(self, **fields):
+        """`get_config`'s entries every model has, around the class's `fields`
+        (its layers serialized already): name, trainable, dtype and the
+        package version."""
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            **fields,
+            "keras_vae_version": VERSION,
+        }
+
+    @classmethod
+    def _config_to_load(cls, config):
+        """A copy of `config` without its version (refused if newer than this
+        package) and with its dtype policy deserialized: what `from_config`
+        gives the class once its layers are deserialized too."""
+        config = dict(config)
+        check_version(config.pop("keras_vae_version", None), what=f"This {cls.__name__} config")
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return config
 
     def get_compile_config(self):
         # "auto" is saved as "auto": decided again on the machine that loads it.

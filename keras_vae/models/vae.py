@@ -14,8 +14,6 @@ from keras_vae._internal.choices import OBJECTIVES
 from keras_vae._internal.seeds import stateless_seed
 from keras_vae._internal.validation import check_latent_dim
 from keras_vae._internal.validation import check_positive_int
-from keras_vae._internal.version import VERSION
-from keras_vae._internal.version import check_version
 from keras_vae.layers.priors import StandardNormalPrior
 from keras_vae.models._inputs import InputChecks
 from keras_vae.models.training_policy import AUTO_STEPS_PER_EXECUTION  # noqa: F401  (its old home)
@@ -385,48 +383,9 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
     # Which way each logged metric improves (callbacks in mode "auto").
     METRIC_MODES = {"loss": "min", "kl": "min", "reconstruction": "max", "elbo": "max", "iwae": "max"}
 
-    def _loss(self, terms):
-        loss = -tf.reduce_mean(terms["objective"])
-        if self.losses:
-            loss = loss + tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
-        return loss
-
-    def _update_metrics(self, loss, terms):
-        batch_size = tf.shape(terms["elbo"])[0]
-        # A replica can receive an empty part of a last partial batch: its
-        # mean loss is NaN, with weight 0, and must not poison the metric.
-        loss = tf.where(batch_size > 0, loss, tf.zeros_like(loss))
-        self.loss_tracker.update_state(loss, sample_weight=batch_size)
-        self.reconstruction_tracker.update_state(terms["reconstruction"])
-        self.kl_tracker.update_state(terms["kl"])
-        self.elbo_tracker.update_state(terms["elbo"])
-        if self.iwae_tracker is not None:
-            self.iwae_tracker.update_state(terms["iwae"])
-        return _distribution.reducible_logs({m.name: m.result() for m in self.metrics})
-
-    def train_step(self, data):
-        # The batch was checked where it entered (`fit`'s input pipeline, see
-        # keras_vae.models._inputs): the step itself carries no assertions.
-        # Its state changes that do not depend on the data (the seed
-        # generator's draw, the optimizer's step count) wait for it all the
-        # same: when the pipeline refuses a batch, nothing of its step runs.
-        x = self._prepare(data, checked=True)
-        with tf.control_dependencies([x]):
-            with tf.GradientTape() as tape:
-                terms = self.objective_terms(x, training=True, prepared=True)
-                loss = self._loss(terms)
-                scaled_loss = self.optimizer.scale_loss(
-                    _distribution.scale_loss_for_distribution(loss, tf.shape(terms["elbo"])[0])
-                )
-            gradients = tape.gradient(scaled_loss, self.trainable_weights)
-            self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-            return self._update_metrics(loss, terms)
-
-    def test_step(self, data):
-        x = self._prepare(data, checked=True)
-        with tf.control_dependencies([x]):  # the seed generator's draw too
-            terms = self.objective_terms(x, training=False, prepared=True)
-            return self._update_metrics(self._loss(terms), terms)
+    def _step_terms(self, x, training):
+        """What the shared training and evaluation steps compute (x prepared)."""
+        return self.objective_terms(x, training=training, prepared=True)
 
     @property
     def metrics(self):
@@ -441,27 +400,21 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
     # ------------------------------------------------------------- saving
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
-            "encoder": keras.saving.serialize_keras_object(self.encoder),
-            "decoder": keras.saving.serialize_keras_object(self.decoder),
-            "prior": keras.saving.serialize_keras_object(self.prior),
-            "beta": self.initial_beta,
-            "seed": self.seed,
-            "objective": self.objective,
-            "num_samples": self.num_samples,
-            "validate_inputs": self.validate_inputs,
-            "keras_vae_version": VERSION,
-        }
+        serialize = keras.saving.serialize_keras_object
+        return self._base_config(
+            encoder=serialize(self.encoder),
+            decoder=serialize(self.decoder),
+            prior=serialize(self.prior),
+            beta=self.initial_beta,
+            seed=self.seed,
+            objective=self.objective,
+            num_samples=self.num_samples,
+            validate_inputs=self.validate_inputs,
+        )
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        check_version(config.pop("keras_vae_version", None), what="This VAE config")
+        config = cls._config_to_load(config)
         for key in ("encoder", "decoder", "prior"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
         return cls(**config)

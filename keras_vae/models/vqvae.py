@@ -26,8 +26,6 @@ from keras_vae import objectives
 from keras_vae._internal import distribution as _distribution
 from keras_vae._internal.seeds import stateless_seed
 from keras_vae._internal.validation import check_positive_int
-from keras_vae._internal.version import VERSION
-from keras_vae._internal.version import check_version
 from keras_vae.layers.code_priors import check_code_indices
 from keras_vae.layers.quantizer import CodeUsage
 from keras_vae.layers.quantizer import VectorQuantizer
@@ -255,8 +253,9 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
 
     def terms(self, x, training=False, prepared=False):
         """Per-example terms, in nats: `reconstruction`, `kl`, `elbo`,
-        `codebook_loss`, `commitment_loss` (`[B]` each), and `indices`
-        `[B, *grid]` and `z_e` (the encoder outputs)."""
+        `codebook_loss`, `commitment_loss`, `objective` (what training
+        maximizes: reconstruction minus the losses trained on) (`[B]` each),
+        and `indices` `[B, *grid]` and `z_e` (the encoder outputs)."""
         if not prepared:
             x = self._prepare(x)
         z_e = self.encoder(x, training=training)
@@ -264,12 +263,16 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
         likelihood = self.decoder(self._flat_codes(quantized["quantized"]), training=training)
         reconstruction = tf.cast(likelihood.log_prob(x), tf.float32)
         kl = -self.code_log_prob(quantized["indices"])
+        objective = reconstruction - quantized["commitment_loss"]
+        if not self.quantizer.ema:
+            objective = objective - quantized["codebook_loss"]
         return {
             "reconstruction": reconstruction,
             "kl": kl,
             "elbo": reconstruction - kl,
             "codebook_loss": quantized["codebook_loss"],
             "commitment_loss": quantized["commitment_loss"],
+            "objective": objective,
             "indices": quantized["indices"],
             "z_e": z_e,
         }
@@ -293,47 +296,20 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
 
     # ------------------------------------------------------------- training
 
-    def _loss(self, terms):
-        per_example = -terms["reconstruction"] + terms["commitment_loss"]
-        if not self.quantizer.ema:
-            per_example = per_example + terms["codebook_loss"]
-        loss = tf.reduce_mean(per_example)
-        if self.losses:
-            loss = loss + tf.add_n([tf.cast(l, loss.dtype) for l in self.losses])
-        return loss
+    # CodeUsage metrics count the code grids.
+    METRIC_TERMS = {"perplexity": "indices", "codes_in_use": "indices"}
 
-    def _update_metrics(self, loss, terms):
-        batch_size = tf.shape(terms["elbo"])[0]
-        loss = tf.where(batch_size > 0, loss, tf.zeros_like(loss))
-        self.trackers["loss"].update_state(loss, sample_weight=batch_size)
-        for name in ("reconstruction", "kl", "elbo", "codebook_loss", "commitment_loss"):
-            self.trackers[name].update_state(terms[name])
-        self.perplexity_tracker.update_state(terms["indices"])
-        self.in_use_tracker.update_state(terms["indices"])
-        return _distribution.reducible_logs({m.name: m.result() for m in self.metrics})
+    def _step_terms(self, x, training):
+        """What the shared training and evaluation steps compute (x prepared)."""
+        return self.terms(x, training=training, prepared=True)
 
-    def train_step(self, data):
-        x = self._prepare(data, checked=True)
-        with tf.control_dependencies([x]):
-            variables = self.autoencoder_variables
-            with tf.GradientTape() as tape:
-                terms = self.terms(x, training=True, prepared=True)
-                loss = self._loss(terms)
-                scaled_loss = self.optimizer.scale_loss(
-                    _distribution.scale_loss_for_distribution(loss, tf.shape(terms["elbo"])[0])
-                )
-            gradients = tape.gradient(scaled_loss, variables)
-            self.optimizer.apply_gradients(zip(gradients, variables))
-            # After the optimizer's update (TensorFlow orders the two: both
-            # touch the codebook in gradient mode, read after written).
-            self.quantizer.update_codebook(tf.stop_gradient(terms["z_e"]), terms["indices"])
-            return self._update_metrics(loss, terms)
+    def _trained_variables(self):
+        return self.autoencoder_variables
 
-    def test_step(self, data):
-        x = self._prepare(data, checked=True)
-        with tf.control_dependencies([x]):
-            terms = self.terms(x, training=False, prepared=True)
-            return self._update_metrics(self._loss(terms), terms)
+    def _after_update(self, terms):
+        # The EMA codebook, usage shares and restarts, after the optimizer's
+        # step (in gradient mode both touch the codebook: read after written).
+        self.quantizer.update_codebook(tf.stop_gradient(terms["z_e"]), terms["indices"])
 
     @property
     def metrics(self):
@@ -391,28 +367,22 @@ class VQVAE(TrainingPolicy, InputChecks, keras.Model):
     # ------------------------------------------------------------- saving
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
-            "encoder": keras.saving.serialize_keras_object(self.encoder),
-            "quantizer": keras.saving.serialize_keras_object(self.quantizer),
-            "decoder": keras.saving.serialize_keras_object(self.decoder),
-            "prior": None if self.prior is None else keras.saving.serialize_keras_object(self.prior),
-            "seed": self.seed,
-            "validate_inputs": self.validate_inputs,
-            "keras_vae_version": VERSION,
-        }
+        serialize = keras.saving.serialize_keras_object
+        return self._base_config(
+            encoder=serialize(self.encoder),
+            quantizer=serialize(self.quantizer),
+            decoder=serialize(self.decoder),
+            prior=None if self.prior is None else serialize(self.prior),
+            seed=self.seed,
+            validate_inputs=self.validate_inputs,
+        )
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        check_version(config.pop("keras_vae_version", None), what="This VQVAE config")
+        config = cls._config_to_load(config)
         for key in ("encoder", "quantizer", "decoder", "prior"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(config[key])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
         return cls(**config)
 
 
