@@ -445,3 +445,44 @@ def test_evaluate_cli_on_two_workers_gives_the_one_process_figures(tmp_path):
     for key in ("nll", "elbo", "kl", "reconstruction"):
         np.testing.assert_allclose(sharded[key], single[key], rtol=0, atol=float32_atol(single["reconstruction"]), err_msg=key)
     assert sharded["active_units"] == single["active_units"]
+
+
+_SHARDED_EVALUATION = r"""
+import json
+from keras_vae import distribute
+strategy = distribute.make_strategy("mirrored", cpu_replicas=2)
+import keras, numpy as np, keras_vae
+from keras_vae import evaluation
+from keras_vae.layers import BernoulliDecoder, GaussianEncoder
+
+x = (np.random.default_rng(0).random((70, 8, 8, 1)) < 0.5).astype("float32")
+batches = [x[i:i + 16] for i in range(0, 70, 16)]   # 5 batches, the last of 6
+results = {}
+for built in (False, True):
+    keras.utils.set_random_seed(0)
+    vae = keras_vae.VAE(GaussianEncoder(3, hidden_units=(16,)), BernoulliDecoder((8, 8, 1), hidden_units=(16,)),
+                        seed=0, input_shape=(None, 8, 8, 1) if built else None)
+    vae.compile()
+    vae.fit(x, epochs=1, batch_size=16, verbose=0)   # built here when not at construction
+    one = evaluation.evaluate(vae, batches, num_samples=20, seed=3, verbose=0)
+    two = evaluation.evaluate(vae, batches, num_samples=20, seed=3, verbose=0, strategy=strategy)
+    results[str(built)] = {"one": one, "two": two}
+print("RESULTS " + json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def sharded_evaluation():
+    return _results(_run(["-c", _SHARDED_EVALUATION]))
+
+
+@pytest.mark.parametrize("built", ["False", "True"], ids=["built-in-fit", "built-at-construction"])
+def test_evaluate_over_two_mirrored_replicas_gives_the_one_device_figures(sharded_evaluation, built):
+    """`evaluate(strategy=MirroredStrategy)` (two logical CPUs) on models
+    built inside fit and at construction: one device's figures to rounding."""
+    results = sharded_evaluation[built]
+    one, two = results["one"], results["two"]
+    assert two["replicas"] == 2 and two["num_examples"] == one["num_examples"] == 70
+    for key in ("nll", "elbo", "kl", "reconstruction", "aggregate_posterior_kl"):
+        np.testing.assert_allclose(two[key], one[key], rtol=0, atol=float32_atol(one["reconstruction"]), err_msg=key)
+    assert two["active_units"] == one["active_units"]

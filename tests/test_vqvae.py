@@ -31,12 +31,12 @@ from conftest import ROOT
 SHAPE = (8, 8, 1)
 
 
-def small_vqvae(num_codes=6, code_dim=3, ema_decay=None, restart_unused=False, seed=0, prior=True):
+def small_vqvae(num_codes=6, code_dim=3, ema_decay=None, restart_unused=False, seed=0, prior=True, input_shape=None):
     encoder, quantizer, decoder, code_prior = architectures.make_vq_layers(
         SHAPE, num_codes=num_codes, code_dim=code_dim, filters=(8,), ema_decay=ema_decay,
         restart_unused=restart_unused, prior_filters=8, prior_layers=1, seed=seed,
     )  # fmt: skip
-    return VQVAE(encoder, quantizer, decoder, code_prior if prior else None, seed=seed)
+    return VQVAE(encoder, quantizer, decoder, code_prior if prior else None, seed=seed, input_shape=input_shape)
 
 
 def _inputs(rng, shape=(5, 4, 4, 3)):
@@ -413,6 +413,19 @@ def test_keras_round_trip_keeps_codes_bound_and_samples(trained, tmp_path):
     assert again.quantizer.get_config() == vq.quantizer.get_config()
 
 
+def test_a_model_built_inside_fit_exports_its_codes_and_bound(trained, tmp_path):
+    """The export of a VQ-VAE that no input_shape built (fit built it)."""
+    from keras_vae import export
+
+    vq, _, images, _ = trained
+    loaded = tf.saved_model.load(export.export_for_serving(vq, str(tmp_path / "vq")))
+    x = images[:8]
+    np.testing.assert_array_equal(loaded.signatures["encode"](x=x)["indices"].numpy(), vq.encode(x).numpy())
+    np.testing.assert_allclose(
+        loaded.signatures["log_likelihood"](x=x)["log_likelihood"].numpy(), vq.elbo(x).numpy(), rtol=1e-5, atol=1e-4
+    )
+
+
 def test_sample_decodes_prior_codes(trained):
     vq, _, _, _ = trained
     images = vq.sample(5, seed=1).mean().numpy()
@@ -448,8 +461,8 @@ import keras, numpy as np
 from test_vqvae import small_vqvae, SHAPE
 x = (np.random.default_rng(0).random((64,) + SHAPE) < 0.5).astype("float32")
 results = {}
-for name, strategy in (("one", tf.distribute.get_strategy()),
-                       ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
+two = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])   # one instance for the whole script
+for name, strategy in (("one", tf.distribute.get_strategy()), ("two", two)):
     keras.utils.set_random_seed(0)   # the same initial weights
     with strategy.scope():
         vq = small_vqvae(ema_decay=0.8)
@@ -473,19 +486,43 @@ for name, strategy in (("one", tf.distribute.get_strategy()),
                      "encoder": vq.encoder.variables[0].numpy().tolist(),
                      "count": vq.quantizer.ema_count.numpy().tolist(),
                      "mirrored": all(isinstance(v.value, tf.distribute.DistributedValues) for v in vq.variables)}
+for built in (False, True):   # the strategy-scope pattern: made in the scope, fit outside it
+    with two.scope():
+        pattern = small_vqvae(ema_decay=0.8, restart_unused=True, input_shape=(None,) + SHAPE if built else None)
+        pattern.compile()
+    history = pattern.fit(x, epochs=1, batch_size=32, verbose=0)
+    pattern.fit_prior(x, epochs=1, batch_size=32, verbose=0)
+    results[f"pattern-{built}"] = {
+        "loss": history.history["loss"][-1], "elbo": float(pattern.elbo(x[:4]).numpy().mean()),
+        "mirrored": all(isinstance(v.value, tf.distribute.DistributedValues) for v in pattern.variables),
+    }
 print("RESULTS " + json.dumps(results))
 """
 
 
-def test_two_replicas_take_the_same_step_as_one_device():
-    """One step of the whole batch on two mirrored CPU replicas: the EMA
-    codebook (counts and sums over both halves) and the gradient step equal
-    one device's, to float32 rounding."""
+@pytest.fixture(scope="module")
+def distributed_results():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.path.join(ROOT, "tests"), env.get("PYTHONPATH")) if p)
     done = subprocess.run([sys.executable, "-c", _DISTRIBUTED], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads([l for l in done.stdout.splitlines() if l.startswith("RESULTS ")][-1][len("RESULTS "):])
+    return json.loads([l for l in done.stdout.splitlines() if l.startswith("RESULTS ")][-1][len("RESULTS "):])
+
+
+@pytest.mark.parametrize("built", [False, True], ids=["built-in-fit", "built-at-construction"])
+def test_created_in_strategy_scope_fit_and_prior_fit_outside_it(distributed_results, built):
+    """Keras's distributed-training pattern, for a VQ-VAE built lazily inside
+    fit and one built at construction; its prior's fit too."""
+    result = distributed_results[f"pattern-{built}"]
+    assert result["mirrored"]
+    assert np.isfinite(result["loss"]) and np.isfinite(result["elbo"])
+
+
+def test_two_replicas_take_the_same_step_as_one_device(distributed_results):
+    """One step of the whole batch on two mirrored CPU replicas: the EMA
+    codebook (counts and sums over both halves) and the gradient step equal
+    one device's, to float32 rounding."""
+    results = distributed_results
     assert results["two"]["mirrored"]
     np.testing.assert_allclose(results["two"]["count"], results["one"]["count"], rtol=1e-6)
     np.testing.assert_allclose(results["two"]["codebook"], results["one"]["codebook"], rtol=1e-4, atol=1e-5)
