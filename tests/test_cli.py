@@ -687,8 +687,45 @@ def test_ablation_runs_train_once_per_prior_and_objective_and_tabulates_validati
     assert all(c[-2:] == ["--take", "64"] and c[c.index("--export-dir") + 1] == "" for c in commands)
     assert [r["val_nll"] for r in rows] == [91.0, 92.0, 93.0, 94.0]
     table = (tmp_path / "runs" / "ablation" / "ablation.md").read_text()
-    assert "| vamp | iwae | 3 | 2.0 | -99.0 | 94.0 (50) | 7 |" in table
+    assert "| single | vamp | iwae | 3 | 2.0 | -99.0 | 94.0 (50) | 7 |" in table
     assert json.loads((tmp_path / "runs" / "ablation" / "ablation.json").read_text()) == rows
+
+
+def test_ablation_structures_add_their_train_options_and_name_their_runs(tmp_path, monkeypatch):
+    """--structures: hierarchical runs get --latent-layers 2, iaf runs --flow
+    iaf (before the passthrough options), each under its own run name; single
+    runs keep the names of an ablation without --structures; the structure
+    options after -- are refused up front (before any run)."""
+    ablation = _tool("ablation")
+    monkeypatch.chdir(tmp_path)
+    commands = []
+
+    def fake_run(command, check):
+        commands.append(command)
+        name = command[command.index("--name") + 1]
+        os.makedirs(os.path.join("runs", name))
+        report = {"epochs_run": 2, "train_seconds": 60.0, "splits": {"validation": {
+            "elbo": -100.0, "nll": 95.0, "num_samples": 10, "active_units": 3}}}  # fmt: skip
+        with open(os.path.join("runs", name, "evaluation.json"), "w") as f:
+            json.dump(report, f)
+
+    monkeypatch.setattr(ablation.subprocess, "run", fake_run)
+    rows = ablation.main(["--structures", "single", "hierarchical", "iaf", "--priors", "vamp", "--objectives", "elbo",
+                          "--prefix", "abl", "--", "--take", "64"])  # fmt: skip
+    names = [c[c.index("--name") + 1] for c in commands]
+    assert names == ["abl_vamp_elbo", "abl_hierarchical_vamp_elbo", "abl_iaf_vamp_elbo"]
+    assert "--latent-layers" not in commands[0] and "--flow" not in commands[0]
+    assert commands[1][-4:] == ["--latent-layers", "2", "--take", "64"]
+    assert commands[2][-4:] == ["--flow", "iaf", "--take", "64"]
+    assert [r["structure"] for r in rows] == ["single", "hierarchical", "iaf"]
+    assert "| iaf | vamp | elbo | 2 | 1.0 | -100.0 | 95.0 (10) | 3 |" in (tmp_path / "runs" / "abl" / "ablation.md").read_text()
+
+    commands.clear()
+    for passthrough in (["--flow", "iaf"], ["--latent-layers=2"]):
+        with pytest.raises(SystemExit) as exit_info:
+            ablation.main(["--structures", "iaf", "--"] + passthrough)
+        assert exit_info.value.code == 1
+    assert commands == []
 
 
 @pytest.mark.parametrize(
