@@ -33,6 +33,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_vae._internal import choices as choices_lib
+from keras_vae._internal import pipelines
 
 # The logical splits of mnist-like datasets as TFDS split strings: TFDS has
 # only train (60k) and test (10k); validation is the last 10k of train.
@@ -306,7 +307,9 @@ def load(
         ds = _batched(ds, batch_size, shuffle, seed, count, fresh_draws, drop_remainder)
     if not with_labels:
         ds = ds.map(lambda images, labels: images)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Without tf.data's autotuning model: its thread stalls the destruction
+    # of an iterator (Keras drops one per epoch), see _internal/pipelines.py.
+    return pipelines.without_autotune_model(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def _examples(builder, tfds_split, name, take, binarize, seed, fresh_draws):

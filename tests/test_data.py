@@ -67,6 +67,21 @@ def test_batches_are_uint8_images_of_mnist_shape_with_a_partial_last_batch(mock_
     assert ds.element_spec.shape.as_list() == [None, 28, 28, 1]
 
 
+@pytest.mark.parametrize("start_step", [None, 3], ids=["one_epoch", "stream"])
+def test_loaded_pipelines_run_without_the_autotune_model(mock_tfds, start_step):
+    """The package's pipelines turn tf.data's autotuning model off (its
+    thread stalls every dropped iterator: keras_vae/_internal/pipelines.py)
+    and still yield the same batches."""
+    with mock_tfds(num_examples=NUM_EXAMPLES, max_value=2):
+        ds = data.load("binarized_mnist", "train", batch_size=8, start_step=start_step, shuffle=False)
+        assert ds.options().autotune.enabled is False
+        first = next(iter(ds)).numpy()
+        options = tf.data.Options()
+        options.autotune.enabled = True
+        again = next(iter(ds.with_options(options))).numpy()
+    np.testing.assert_array_equal(first, again)
+
+
 def test_drop_remainder_keeps_only_full_batches(mock_tfds):
     with mock_tfds(num_examples=NUM_EXAMPLES, max_value=2):
         batches = list(data.load("binarized_mnist", "train", batch_size=8, drop_remainder=True))

@@ -614,6 +614,28 @@ def test_inputs_are_not_checked_with_validate_inputs_false(make_vae, prototype_i
     assert keras_vae.VAE.from_config(vae.get_config()).validate_inputs is False
 
 
+@pytest.mark.parametrize("validate_inputs", [True, False])
+def test_datasets_given_to_fit_run_without_the_autotune_model_unless_they_choose(
+    make_vae, prototype_images, validate_inputs
+):
+    """A tf.data input gets options.autotune.enabled = False (tf.data's
+    autotuning model stalls each iterator Keras drops, once per epoch:
+    keras_vae/_internal/pipelines.py); a dataset that sets it keeps its
+    choice; the batches are unchanged."""
+    x = prototype_images[0][:64]
+    vae = make_vae(seed=0, validate_inputs=validate_inputs, input_shape=(None, 8, 8, 1))
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(32)
+    given = vae._checked(ds)
+    assert given.options().autotune.enabled is False
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in given]), x)
+    for choice in (True, False):
+        options = tf.data.Options()
+        options.autotune.enabled = choice
+        assert vae._checked(ds.with_options(options)).options().autotune.enabled is choice
+    vae.fit(ds, epochs=2, verbose=0)
+    assert int(vae.optimizer.iterations) == 4
+
+
 def test_negative_beta_is_refused_at_construction(make_vae):
     with pytest.raises(
         ValueError, match=r"Expected `beta` to be a float >= 0\. Received: beta=-0\.5"

@@ -12,4 +12,5 @@ but each other. Everything else may import them.
 - `distribution`: tf.distribute arithmetic and Keras 3.15 workarounds.
 - `choices`: the choice lists (datasets, architectures, priors, ...).
 - `version`: the package version and the check of a saved one.
+- `pipelines`: tf.data options set on the pipelines the package reads.
 """

@@ -29,6 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae._internal import pipelines
+
 # Prefix of the messages of assertions that run inside a traced step: the
 # step functions turn TensorFlow's InvalidArgumentError carrying it into the
 # InputError it stands for.
@@ -380,6 +382,10 @@ class InputChecks:
         elif isinstance(data, tf.data.Dataset) or _is_array_like(data):
             _check_not_empty(data, what)
         self._build_for(data)
+        if isinstance(data, tf.data.Dataset):
+            # Keras drops an iterator per epoch; tf.data's autotuning model
+            # would stall each drop (see keras_vae/_internal/pipelines.py).
+            data = pipelines.without_autotune_model(data)
         if data is None or not self.validate_inputs:
             return data
         if isinstance(data, tf.data.Dataset):
