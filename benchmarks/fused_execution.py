@@ -16,7 +16,10 @@ the benchmark MLP and binarized MNIST's training images held in memory:
   `tf.while_loop` of N `train_step` calls on a `[N, batch, 28, 28, 1]`
   tensor, the N batches taken from the same pipeline (with the model's
   input check mapped over it) by N `get_next` calls in a graph outside XLA
-  and stacked: timed too.
+  and stacked: timed too;
+* the same, the N batches taken one by one in Python (`next(iterator)`)
+  and stacked by one eager op: what keeping the refused-batch semantics
+  would cost.
 
 Not measured here: what the real feature must also keep (metrics and
 callbacks per execution, a refused batch never trained on while the ones
@@ -97,8 +100,14 @@ def fit_contender(x, args, **compile_kwargs):
     return run
 
 
-def fused_contender(x, args):
-    """`run()` -> (seconds, loss): one XLA program per execution."""
+def fused_contender(x, args, gather_in="graph"):
+    """`run()` -> (seconds, loss): one XLA program per execution.
+
+    `gather_in="graph"`: the N batches taken by one tf.function (N
+    `get_next` calls in a graph) and stacked there; "python": taken one by
+    one with `next(iterator)` in Python and stacked by one eager op, the way
+    a feature can stop at a refused batch and still train the batches of the
+    same execution before it (a graph that fails loses what it took)."""
     import tensorflow as tf
 
     vae = make_vae()
@@ -118,9 +127,16 @@ def fused_contender(x, args):
     # XLA (get_next cannot be compiled), stacked, then the one XLA program.
     iterator = iter(dataset(x, args).map(vae.check_batch).prefetch(tf.data.AUTOTUNE))
 
-    @tf.function
-    def gather():
-        return tf.stack([iterator.get_next() for _ in range(n)])
+    if gather_in == "graph":
+
+        @tf.function
+        def gather():
+            return tf.stack([iterator.get_next() for _ in range(n)])
+
+    else:
+
+        def gather():
+            return tf.stack([next(iterator) for _ in range(n)])
 
     def calls(count):
         loss = None
@@ -156,6 +172,7 @@ def main(argv=None):
         "fit, compile() defaults": fit_contender(x, args),
         "fit, jit_compile=True": fit_contender(x, args, jit_compile=True),
         "one XLA program per execution": fused_contender(x, args),
+        "one XLA program, batches taken in Python": fused_contender(x, args, gather_in="python"),
     }
     results = {name: [] for name in contenders}
     for r in range(args.rounds):
