@@ -81,8 +81,6 @@ def _metadata(args):
 
 
 def _images(args, event_shape, rng):
-    import numpy as np
-
     if args.images == "tfds":
         from keras_vae import data
 

@@ -490,26 +490,29 @@ class InputChecks:
     def predict_on_batch(self, x):
         return super().predict_on_batch(self._checked(x))
 
-    def _wrap_step_function(self, kind, force, step=None, before=None):
-        """Keras's `make_<kind>_function`, its result wrapped by
-        `_raising_input_errors` once (Keras caches it in `<kind>_function`)."""
+    def _wrap_step_function(self, kind, force, step=None, before=None, transform=None):
+        """Keras's `make_<kind>_function`, its result given to `transform`
+        (if any) and wrapped by `_raising_input_errors` once (Keras caches
+        it in `<kind>_function`)."""
         attribute = f"{kind}_function"
         if getattr(self, attribute) is not None and not force:
             return getattr(self, attribute)
         getattr(super(), f"make_{kind}_function")(force=True)
-        setattr(
-            self,
-            attribute,
-            _raising_input_errors(getattr(self, attribute), step=step, before=before),
-        )
+        function = getattr(self, attribute)
+        if transform is not None:
+            function = transform(function)
+        setattr(self, attribute, _raising_input_errors(function, step=step, before=before))
         return getattr(self, attribute)
 
     def make_train_function(self, force=False):
+        # `_train_execution` (the training policy's, if the class has one)
+        # may run the execution's steps as one program instead.
         return self._wrap_step_function(
             "train",
             force,
             step=lambda: int(self.optimizer.iterations.numpy()),
             before=self._check_beta,
+            transform=getattr(self, "_train_execution", None),
         )
 
     def make_test_function(self, force=False):

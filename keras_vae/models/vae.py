@@ -2,7 +2,6 @@
 
 import math
 import numbers
-import warnings
 
 import keras
 import tensorflow as tf
