@@ -307,8 +307,7 @@ def load(
         ds = _batched(ds, batch_size, shuffle, seed, count, fresh_draws, drop_remainder)
     if not with_labels:
         ds = ds.map(lambda images, labels: images)
-    # Without tf.data's autotuning model: its thread stalls the destruction
-    # of an iterator (Keras drops one per epoch), see _internal/pipelines.py.
+    # No autotuning model: it stalls each dropped iterator (_internal/pipelines.py).
     return pipelines.without_autotune_model(ds.prefetch(tf.data.AUTOTUNE))
 
 

@@ -157,3 +157,24 @@ def test_fuse_steps_is_checked_and_saved(tmp_path):
     default = _tiny_vae(input_shape=(None, 4, 4, 1))
     default.compile()
     assert "fuse_steps" not in default.get_compile_config()  # "auto": as before
+
+
+def test_a_model_whose_loop_does_not_compile_trains_step_by_step(prototype_images, monkeypatch):
+    # XLA may fail to compile the loop where it compiles the step alone (an
+    # op needing a shape it cannot fold inside the loop): the first call
+    # fails before anything ran, and the model trains step by step, warned.
+    def failing(self, stacked):
+        raise tf.errors.InvalidArgumentError(None, None, "Input 1 to node `x` must be a compile-time constant.\nmore")
+
+    x = prototype_images[0][:96]
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(8)
+    looped = _compiled(4, fuse_steps=False)
+    looped.fit(ds, epochs=1, verbose=0)
+    vae = _compiled(4)
+    vae.make_train_function()
+    execution = _execution(vae)
+    monkeypatch.setattr(execution, "_program", failing.__get__(execution))
+    with pytest.warns(UserWarning, match=r"did not compile for this model; training step by step instead\. XLA said: Input 1 to node `x` must be a compile-time constant\.$"):
+        vae.fit(ds, epochs=1, verbose=0)
+    assert (execution.fused_steps, execution.per_step_steps) == (0, 12)
+    _assert_same_model(vae, looped)

@@ -34,6 +34,8 @@ not here, where they would go stale): faster than Keras's loop of
 XLA-compiled steps on an AVX2 CPU, where `jit_compile="auto"` picks XLA.
 """
 
+import warnings
+
 import tensorflow as tf
 
 
@@ -50,6 +52,9 @@ class FusedExecution:
     Attributes:
         fused_steps, per_step_steps: how many training steps ran each way
             (what the tests read to know which path ran).
+        unfusable: None, or XLA's reason why the loop did not compile for
+            this model at the first call (a warning says it); every
+            execution then runs step by step.
     """
 
     def __init__(self, model, per_step):
@@ -57,6 +62,7 @@ class FusedExecution:
         self.per_step = per_step
         self.fused_steps = 0
         self.per_step_steps = 0
+        self.unfusable = None
         self._program = tf.function(self._execution, jit_compile=True)
 
     def _execution(self, stacked):
@@ -99,7 +105,24 @@ class FusedExecution:
         shapes = {tuple(tuple(t.shape) for t in tf.nest.flatten(b)) for b in batches}
         if len(shapes) > 1:
             return self._run_per_step(batches)
+        if self.unfusable is not None:
+            return self._run_per_step(batches)
         stacked = tf.nest.map_structure(lambda *ts: tf.stack(ts), *batches)
-        logs = self._program(stacked)
+        try:
+            logs = self._program(stacked)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+            if self.fused_steps:
+                raise
+            # The first call: XLA could not compile the loop for this model
+            # (an op inside it needs a shape XLA cannot fold there). Nothing
+            # ran (an XLA program writes its variables back only when it
+            # succeeds): these batches and every later one go step by step.
+            self.unfusable = (e.message or "").split("\n")[0]
+            warnings.warn(
+                "keras_vae: the fused execution (one XLA program per execution) did not "
+                f"compile for this model; training step by step instead. XLA said: {self.unfusable}",
+                stacklevel=2,
+            )
+            return self._run_per_step(batches)
         self.fused_steps += count
         return logs

@@ -108,24 +108,7 @@ class TrainingPolicy:
         >>> vae.compile()                                     # the defaults
         >>> vae.compile(jit_compile=True, fuse_steps=False)   # Keras's own loop
         """
-        if fuse_steps not in ("auto", True, False):
-            raise ValueError(
-                f'Expected fuse_steps to be "auto", True or False. Received: fuse_steps={fuse_steps!r}'
-            )
-        if fuse_steps is True:
-            if jit_compile is False:
-                raise ValueError(
-                    "Expected jit_compile to be True or \"auto\" with fuse_steps=True (the "
-                    "fused execution is one XLA program). Received: jit_compile=False"
-                )
-            if self.distribute_strategy.num_replicas_in_sync > 1:
-                raise ValueError(
-                    "Expected one replica with fuse_steps=True (the fused execution "
-                    "runs on one device). Received: a strategy with "
-                    f"{self.distribute_strategy.num_replicas_in_sync} replicas"
-                )
-            if jit_compile == "auto" and not kwargs.get("run_eagerly", False):
-                jit_compile = True
+        jit_compile = self._check_fuse_steps(fuse_steps, jit_compile, kwargs.get("run_eagerly", False))
         self._fuse_steps = fuse_steps
         if optimizer is None:
             optimizer = FusedAdam(learning_rate=1e-3)
@@ -147,6 +130,27 @@ class TrainingPolicy:
             # Its variables now, not inside the first (maybe XLA) step.
             with _distribution.creation_scope(self):
                 self.optimizer.build(self.trainable_variables)
+
+    def _check_fuse_steps(self, fuse_steps, jit_compile, run_eagerly):
+        """`compile`'s check of `fuse_steps`; the `jit_compile` it implies."""
+        if fuse_steps not in ("auto", True, False):
+            raise ValueError(
+                f'Expected fuse_steps to be "auto", True or False. Received: fuse_steps={fuse_steps!r}'
+            )
+        if fuse_steps is not True:
+            return jit_compile
+        if jit_compile is False:
+            raise ValueError(
+                "Expected jit_compile to be True or \"auto\" with fuse_steps=True (the "
+                "fused execution is one XLA program). Received: jit_compile=False"
+            )
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas > 1:
+            raise ValueError(
+                "Expected one replica with fuse_steps=True (the fused execution runs on "
+                f"one device). Received: a strategy with {replicas} replicas"
+            )
+        return True if jit_compile == "auto" and not run_eagerly else jit_compile
 
     def _auto_jit_compile(self, run_eagerly):
         """What `jit_compile="auto"` means here (see `compile`)."""
