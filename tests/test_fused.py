@@ -18,8 +18,9 @@ from tests.conftest import build_small_vae
 from tests.conftest import float32_atol
 
 
-def _compiled(steps_per_execution=4, **compile_kwargs):
-    vae = build_small_vae(seed=0, compile=False, input_shape=(None, 8, 8, 1))
+def _compiled(steps_per_execution=4, built=True, **compile_kwargs):
+    input_shape = (None, 8, 8, 1) if built else None
+    vae = build_small_vae(seed=0, compile=False, input_shape=input_shape)
     vae.compile(
         optimizer=keras.optimizers.Adam(1e-2),
         jit_compile=True,
@@ -178,3 +179,16 @@ def test_a_model_whose_loop_does_not_compile_trains_step_by_step(prototype_image
         vae.fit(ds, epochs=1, verbose=0)
     assert (execution.fused_steps, execution.per_step_steps) == (0, 12)
     _assert_same_model(vae, looped)
+
+
+def test_a_model_first_built_inside_fit_is_fused_too(prototype_images):
+    # No input_shape: fit builds the model (and its optimizer) before the
+    # first execution, then fuses its steps like a pre-built model's.
+    ds = tf.data.Dataset.from_tensor_slices(prototype_images[0][:64]).batch(8)
+    fused = _compiled(4, built=False)
+    looped = _compiled(4, built=False, fuse_steps=False)
+    assert not fused.built
+    fused.fit(ds, epochs=1, verbose=0)
+    looped.fit(ds, epochs=1, verbose=0)
+    assert _execution(fused).fused_steps == 8
+    _assert_same_model(fused, looped)
