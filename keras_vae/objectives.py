@@ -95,7 +95,11 @@ def _bernoulli_logits(p, x):
     return tf.convert_to_tensor(p.distribution.logits)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
+# Not `reduce_retracing`: relaxed to unknown dimensions after a few shapes
+# (an evaluation, another model in the process), its sum's gradient needs a
+# DynamicStitch of the shape, which XLA cannot compile inside the fused
+# training loop (tests/test_fused.py). Each shape is its own trace.
+@tf.function(jit_compile=True)
 def _bernoulli_log_likelihood(logits, x):
     """sum_d x l - softplus(l) for logits `[S, B, D]` and x `[B, D]`: `[S, B]`.
 

@@ -3,6 +3,7 @@ as Keras's loop of XLA-compiled steps, every batch that cannot be fused
 still trained (or refused) in order, and where compile() turns it on."""
 
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -192,3 +193,28 @@ def test_a_model_first_built_inside_fit_is_fused_too(prototype_images):
     looped.fit(ds, epochs=1, verbose=0)
     assert _execution(fused).fused_steps == 8
     _assert_same_model(fused, looped)
+
+
+def test_an_iwae_model_fuses_after_the_bernoulli_pass_was_traced_at_other_shapes(prototype_images):
+    # The IWAE objective's log p(x|z) is one shared compiled pass
+    # (objectives._bernoulli_log_likelihood). Traced at other shapes first (an
+    # evaluation, another model in the process), it must not be generalized
+    # to unknown dimensions: the gradient of its sum then needs a
+    # DynamicStitch that XLA cannot compile inside the fused loop (seen in
+    # the CLI tests: the loop fell back to step by step).
+    from keras_vae import objectives
+
+    rng = np.random.default_rng(0)
+    for shape in ((3, 5, 64), (2, 7, 64), (4, 6, 10)):
+        objectives._bernoulli_log_likelihood(
+            tf.constant(rng.normal(size=shape), tf.float32), tf.constant(rng.random(shape[1:]) < 0.5, tf.float32)
+        )
+    ds = tf.data.Dataset.from_tensor_slices(prototype_images[0][:64]).batch(8)
+    vae = build_small_vae(seed=0, compile=False, input_shape=(None, 8, 8, 1), objective="iwae", num_samples=3)
+    vae.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True, steps_per_execution=4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "keras_vae: the fused execution")
+        vae.fit(ds, epochs=1, verbose=0, shuffle=False)
+    execution = _execution(vae)
+    assert execution.unfusable is None
+    assert (execution.fused_steps, execution.per_step_steps) == (8, 0)
