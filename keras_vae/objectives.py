@@ -95,11 +95,7 @@ def _bernoulli_logits(p, x):
     return tf.convert_to_tensor(p.distribution.logits)
 
 
-# Not `reduce_retracing`: relaxed to unknown dimensions after a few shapes
-# (an evaluation, another model in the process), its sum's gradient needs a
-# DynamicStitch of the shape, which XLA cannot compile inside the fused
-# training loop (tests/test_fused.py). Each shape is its own trace.
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, reduce_retracing=True)
 def _bernoulli_log_likelihood(logits, x):
     """sum_d x l - softplus(l) for logits `[S, B, D]` and x `[B, D]`: `[S, B]`.
 
@@ -107,10 +103,30 @@ def _bernoulli_log_likelihood(logits, x):
     by XLA into one pass over the logits: with k samples per image it is
     most of the importance sampler's work after the decoder's matrix
     products, and unfused it took as long as half of them on an AVX-512
-    CPU. Only the importance-weighted
-    paths use it (not the exported signatures, which stay free of XLA).
+    CPU. Only the importance-weighted paths use it (the evaluator and the
+    IWAE objective; not the exported signatures, which stay free of XLA).
+    Its gradient is written out (`_bernoulli_sum`), so that a trace with
+    dimensions unknown, which serves every call of a matching rank, also
+    differentiates inside an XLA loop.
     """
-    return tf.reduce_sum(logit_bernoulli_log_prob(logits, x), axis=-1)
+    return _bernoulli_sum(logits, x)
+
+
+@tf.custom_gradient
+def _bernoulli_sum(logits, x):
+    """`_bernoulli_log_likelihood`'s sum, with its gradient in closed form:
+    d/dl = x - sigmoid(l) per element, d/dx = l summed over the S samples x
+    is broadcast to. TensorFlow's own gradient of the sum and the broadcast
+    needs the shapes as values (a DynamicStitch, BroadcastGradientArgs),
+    which XLA cannot fold inside a while loop when a trace left them
+    unknown: the fused training loop then failed to compile
+    (tests/test_fused.py)."""
+
+    def gradient(upstream):
+        upstream = upstream[..., tf.newaxis]
+        return upstream * (x - tf.sigmoid(logits)), tf.reduce_sum(upstream * logits, axis=0)
+
+    return tf.reduce_sum(logit_bernoulli_log_prob(logits, x), axis=-1), gradient
 
 
 def decoder_log_likelihood(decoder, flat_z, x, num_samples, training=False):

@@ -9,6 +9,16 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# `compile(jit_compile="auto")` picks XLA on AVX2 CPUs without AVX-512, and
+# XLA's compile time per model made the suite ~1.5x slower there (CLI, prior
+# and workflow tests: 372 s against 253 s). The suite runs the oneDNN path on
+# every CPU unless this variable is set (`KERAS_VAE_AUTO_XLA=1 pytest` runs it
+# all through XLA); XLA and the fused execution have their own tests
+# (jit_compile=True), and tests marked `machine_defaults` get the CPU's own
+# choice, as a user does.
+AUTO_XLA_GIVEN = "KERAS_VAE_AUTO_XLA" in os.environ
+os.environ.setdefault("KERAS_VAE_AUTO_XLA", "0")
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -19,6 +29,13 @@ from keras_vae.layers import GaussianEncoder  # noqa: E402
 
 IMAGE_SHAPE = (8, 8, 1)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _machine_defaults(request, monkeypatch):
+    """Tests marked `machine_defaults`: compile's "auto" decides by this CPU."""
+    if request.node.get_closest_marker("machine_defaults") and not AUTO_XLA_GIVEN:
+        monkeypatch.delenv("KERAS_VAE_AUTO_XLA", raising=False)
 
 
 def shared_data_dir():

@@ -506,3 +506,32 @@ def test_fused_bernoulli_log_likelihood_matches_tfp_and_its_gradient(latent3_vae
         log_w - log_px, vae.prior.distribution().log_prob(z) - q.log_prob(z), atol=1e-5
     )
 
+
+
+@pytest.mark.parametrize("unknown_shape", [False, True], ids=["static", "unknown_dims"])
+def test_the_bernoulli_pass_has_the_plain_formulas_gradients(unknown_shape):
+    from conftest import float32_atol
+
+    # Its gradient is written out (d/dl = x - sigmoid(l), d/dx = l summed over
+    # the samples): against autodiff of the plain per-pixel formula with x
+    # tiled, from a trace with static shapes and one with every dimension
+    # unknown (the evaluator's kind of trace, which later calls reuse).
+    from keras_vae import objectives
+    from keras_vae._internal.bernoulli import logit_bernoulli_log_prob
+
+    rng = np.random.default_rng(5)
+    logits = tf.constant(rng.normal(0.0, 4.0, (3, 4, 10)), tf.float32)
+    x = tf.constant(rng.random((4, 10)) < 0.5, tf.float32)
+    upstream = tf.constant(rng.normal(size=(3, 4)), tf.float32)
+    spec = [None, None, None] if unknown_shape else [3, 4, 10]
+    function = objectives._bernoulli_log_likelihood.get_concrete_function(
+        tf.TensorSpec(spec, tf.float32), tf.TensorSpec(spec[1:], tf.float32)
+    )
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([logits, x])
+        fused = function(logits, x)
+        plain = tf.reduce_sum(logit_bernoulli_log_prob(logits, tf.broadcast_to(x, logits.shape)), axis=-1)
+    # Sums of 10 terms of at most ~12 nats: a few roundings of that.
+    np.testing.assert_allclose(fused, plain, rtol=0, atol=float32_atol(120))
+    for a, b in zip(tape.gradient(fused, [logits, x], upstream), tape.gradient(plain, [logits, x], upstream)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=float32_atol(np.abs(b).max() + 1))

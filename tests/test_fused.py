@@ -197,14 +197,18 @@ def test_a_model_first_built_inside_fit_is_fused_too(prototype_images):
 
 def test_an_iwae_model_fuses_after_the_bernoulli_pass_was_traced_at_other_shapes(prototype_images):
     # The IWAE objective's log p(x|z) is one shared compiled pass
-    # (objectives._bernoulli_log_likelihood). Traced at other shapes first (an
-    # evaluation, another model in the process), it must not be generalized
-    # to unknown dimensions: the gradient of its sum then needs a
-    # DynamicStitch that XLA cannot compile inside the fused loop (seen in
-    # the CLI tests: the loop fell back to step by step).
+    # (objectives._bernoulli_log_likelihood). Traced first with dimensions
+    # unknown (the evaluator's number of samples is a tensor; other shapes
+    # relax the trace), that trace serves the training step too; its
+    # gradient must not need the shapes (TensorFlow's gradient of a sum over
+    # an unknown shape is a DynamicStitch that XLA cannot compile inside the
+    # fused loop: seen in the CLI tests, the loop fell back to step by step).
     from keras_vae import objectives
 
     rng = np.random.default_rng(0)
+    objectives._bernoulli_log_likelihood.get_concrete_function(
+        tf.TensorSpec([None, 8, 64], tf.float32), tf.TensorSpec([8, 64], tf.float32)
+    )
     for shape in ((3, 5, 64), (2, 7, 64), (4, 6, 10)):
         objectives._bernoulli_log_likelihood(
             tf.constant(rng.normal(size=shape), tf.float32), tf.constant(rng.random(shape[1:]) < 0.5, tf.float32)
