@@ -31,8 +31,8 @@ import tensorflow_probability as tfp
 
 from keras_vae import kl as kl_lib
 
-from keras_vae._internal.bernoulli import logit_bernoulli_log_prob
 from keras_vae._internal.bernoulli import softplus
+from keras_vae._internal.bernoulli import summed_logit_bernoulli_log_prob
 from keras_vae._internal.choices import OBJECTIVES
 from keras_vae._internal.gaussian import diagonal_gaussian_params
 from keras_vae._internal.gaussian import is_diagonal_gaussian
@@ -105,28 +105,11 @@ def _bernoulli_log_likelihood(logits, x):
     products, and unfused it took as long as half of them on an AVX-512
     CPU. Only the importance-weighted paths use it (the evaluator and the
     IWAE objective; not the exported signatures, which stay free of XLA).
-    Its gradient is written out (`_bernoulli_sum`), so that a trace with
-    dimensions unknown, which serves every call of a matching rank, also
-    differentiates inside an XLA loop.
+    Its gradient is written out (`summed_logit_bernoulli_log_prob`), so
+    that a trace with dimensions unknown, which serves every call of a
+    matching rank, also differentiates inside an XLA loop.
     """
-    return _bernoulli_sum(logits, x)
-
-
-@tf.custom_gradient
-def _bernoulli_sum(logits, x):
-    """`_bernoulli_log_likelihood`'s sum, with its gradient in closed form:
-    d/dl = x - sigmoid(l) per element, d/dx = l summed over the S samples x
-    is broadcast to. TensorFlow's own gradient of the sum and the broadcast
-    needs the shapes as values (a DynamicStitch, BroadcastGradientArgs),
-    which XLA cannot fold inside a while loop when a trace left them
-    unknown: the fused training loop then failed to compile
-    (tests/test_fused.py)."""
-
-    def gradient(upstream):
-        upstream = upstream[..., tf.newaxis]
-        return upstream * (x - tf.sigmoid(logits)), tf.reduce_sum(upstream * logits, axis=0)
-
-    return tf.reduce_sum(logit_bernoulli_log_prob(logits, x), axis=-1), gradient
+    return summed_logit_bernoulli_log_prob(logits, x)
 
 
 def decoder_log_likelihood(decoder, flat_z, x, num_samples, training=False):

@@ -507,15 +507,13 @@ def test_fused_bernoulli_log_likelihood_matches_tfp_and_its_gradient(latent3_vae
     )
 
 
-
 @pytest.mark.parametrize("unknown_shape", [False, True], ids=["static", "unknown_dims"])
 def test_the_bernoulli_pass_has_the_plain_formulas_gradients(unknown_shape):
-    from conftest import float32_atol
-
     # Its gradient is written out (d/dl = x - sigmoid(l), d/dx = l summed over
     # the samples): against autodiff of the plain per-pixel formula with x
     # tiled, from a trace with static shapes and one with every dimension
     # unknown (the evaluator's kind of trace, which later calls reuse).
+    from conftest import float32_atol
     from keras_vae import objectives
     from keras_vae._internal.bernoulli import logit_bernoulli_log_prob
 

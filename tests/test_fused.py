@@ -19,9 +19,9 @@ from tests.conftest import build_small_vae
 from tests.conftest import float32_atol
 
 
-def _compiled(steps_per_execution=4, built=True, **compile_kwargs):
+def _compiled(steps_per_execution=4, built=True, model_kwargs=None, **compile_kwargs):
     input_shape = (None, 8, 8, 1) if built else None
-    vae = build_small_vae(seed=0, compile=False, input_shape=input_shape)
+    vae = build_small_vae(seed=0, compile=False, input_shape=input_shape, **(model_kwargs or {}))
     vae.compile(
         optimizer=keras.optimizers.Adam(1e-2),
         jit_compile=True,
@@ -195,7 +195,8 @@ def test_a_model_first_built_inside_fit_is_fused_too(prototype_images):
     _assert_same_model(fused, looped)
 
 
-def test_an_iwae_model_fuses_after_the_bernoulli_pass_was_traced_at_other_shapes(prototype_images):
+@pytest.mark.parametrize("built", [True, False], ids=["built", "lazy"])
+def test_an_iwae_model_fuses_after_the_bernoulli_pass_was_traced_at_other_shapes(prototype_images, built):
     # The IWAE objective's log p(x|z) is one shared compiled pass
     # (objectives._bernoulli_log_likelihood). Traced first with dimensions
     # unknown (the evaluator's number of samples is a tensor; other shapes
@@ -214,8 +215,7 @@ def test_an_iwae_model_fuses_after_the_bernoulli_pass_was_traced_at_other_shapes
             tf.constant(rng.normal(size=shape), tf.float32), tf.constant(rng.random(shape[1:]) < 0.5, tf.float32)
         )
     ds = tf.data.Dataset.from_tensor_slices(prototype_images[0][:64]).batch(8)
-    vae = build_small_vae(seed=0, compile=False, input_shape=(None, 8, 8, 1), objective="iwae", num_samples=3)
-    vae.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True, steps_per_execution=4)
+    vae = _compiled(4, built=built, model_kwargs=dict(objective="iwae", num_samples=3))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", "keras_vae: the fused execution")
         vae.fit(ds, epochs=1, verbose=0, shuffle=False)

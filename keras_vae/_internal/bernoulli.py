@@ -1,4 +1,4 @@
-"""The Bernoulli log-probability from logits, written once.
+"""The Bernoulli log-probability from logits, written once, and its gradient.
 
 Used by `keras_vae.layers.heads.LogitBernoulli` and by the importance
 sampler's fused pass (`keras_vae.objectives`).
@@ -26,3 +26,23 @@ def softplus(x):
 def logit_bernoulli_log_prob(logits, x):
     """Per element, log p(x) = x l - softplus(l) of a Bernoulli with logits l."""
     return tf.math.multiply_no_nan(logits, x) - softplus(logits)
+
+
+@tf.custom_gradient
+def summed_logit_bernoulli_log_prob(logits, x):
+    """`logit_bernoulli_log_prob` summed over the last axis, for logits
+    `[S, B, D]` and x `[B, D]` broadcast over the S samples: `[S, B]`.
+
+    Its gradient in closed form: d/dl = x - sigmoid(l) per element, d/dx = l
+    summed over the S samples. TensorFlow's own gradient of the sum and the
+    broadcast needs the shapes as values (a DynamicStitch,
+    BroadcastGradientArgs), which XLA cannot fold inside a while loop when a
+    trace left them unknown: the fused training loop then failed to compile
+    (tests/test_fused.py).
+    """
+
+    def gradient(upstream):
+        upstream = upstream[..., tf.newaxis]
+        return upstream * (x - tf.sigmoid(logits)), tf.reduce_sum(upstream * logits, axis=0)
+
+    return tf.reduce_sum(logit_bernoulli_log_prob(logits, x), axis=-1), gradient

@@ -103,9 +103,7 @@ class FusedExecution:
                 self._run_per_step(batches)
             raise
         shapes = {tuple(tuple(t.shape) for t in tf.nest.flatten(b)) for b in batches}
-        if len(shapes) > 1:
-            return self._run_per_step(batches)
-        if self.unfusable is not None:
+        if len(shapes) > 1 or self.unfusable is not None:
             return self._run_per_step(batches)
         stacked = tf.nest.map_structure(lambda *ts: tf.stack(ts), *batches)
         try:
