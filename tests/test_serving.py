@@ -648,12 +648,17 @@ def test_serving_client_help():
 
 def test_serving_client_main(served, rest_server, grpc_target, capsys):
     tool = _client_tool()
-    outputs = tool.main(["--rest", f"127.0.0.1:{rest_server.port}", "--signature", "encode", "--batch", "2"])
+    # The stand-ins answer from this process's threads: on a loaded machine
+    # (the suite runs a test process per core) a first answer has taken
+    # longer than the client's default 10 s, so the test allows 60, as the
+    # other stand-in tests allow 30.
+    wait = ["--timeout", "60"]
+    outputs = tool.main(["--rest", f"127.0.0.1:{rest_server.port}", "--signature", "encode", "--batch", "2", *wait])
     printed = capsys.readouterr().out
     assert outputs["loc"].shape == (2, LATENT)
     assert "loc: shape=(2, 2)" in printed and "x(2, 28, 28, 1)" in printed
     # decode discovers the latent dimension from the gRPC metadata.
-    outputs = tool.main(["--grpc", grpc_target, "--signature", "decode", "--version", "1", "--batch", "3"])
+    outputs = tool.main(["--grpc", grpc_target, "--signature", "decode", "--version", "1", "--batch", "3", *wait])
     printed = capsys.readouterr().out
     assert outputs["mean"].shape == (3,) + EVENT and "version 1" in printed
     assert "logits: shape=(3, 28, 28, 1)" in printed
