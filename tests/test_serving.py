@@ -331,6 +331,17 @@ def grpc_target(request, servables):
     return f"127.0.0.1:{port}"
 
 
+def _rest_predict(*args, **kwargs):
+    """`serving.rest_predict` allowing the stand-in 30 s to answer (as the gRPC
+    tests do): the client's default 10 s ran out once under a parallel suite."""
+    return serving.rest_predict(*args, timeout=30, **kwargs)
+
+
+def _rest_metadata(*args, **kwargs):
+    """`serving.rest_metadata`, allowing 30 s (see `_rest_predict`)."""
+    return serving.rest_metadata(*args, timeout=30, **kwargs)
+
+
 def _noise(rows, k=None):
     shape = (rows, LATENT) if k is None else (rows, k, LATENT)
     return np.random.default_rng(5).standard_normal(shape).astype("float32")
@@ -424,7 +435,7 @@ def _assert_deterministic_outputs(served, call):
 
 def test_rest_predict_gives_the_keras_models_numbers(served, rest_server):
     def call(signature, inputs):
-        return serving.rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, signature, inputs)
+        return _rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, signature, inputs)
 
     _assert_deterministic_outputs(served, call)
     encode = call("encode", {"x": served.x, "noise": _noise(3)})
@@ -438,18 +449,18 @@ def test_rest_predict_gives_the_keras_models_numbers(served, rest_server):
     assert set(sample) == {"mean"} and sample["mean"].shape == (5,) + EVENT
     assert 0 <= sample["mean"].min() and sample["mean"].max() <= 1
     # A bare input value for a single-input signature, as the REST API allows.
-    default = serving.rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, "serving_default", served.x)
+    default = _rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, "serving_default", served.x)
     np.testing.assert_allclose(default["mean"], served.expected["serving_default"]["mean"], **TOL)
 
 
 def test_rest_predict_with_a_version(served, rest_server):
-    out = serving.rest_predict(
+    out = _rest_predict(
         "127.0.0.1", rest_server.port, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=1
     )
     np.testing.assert_allclose(out["loc"], served.expected["encode"]["loc"], **TOL)
     assert rest_server.paths[-1] == ("POST", f"/v1/models/{MODEL_NAME}/versions/1:predict")
     with pytest.raises(serving.ServingError, match="Servable not found") as info:
-        serving.rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=7)
+        _rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=7)
     assert info.value.status == 404
     assert info.value.error == f"Servable not found for request: Specific({MODEL_NAME}, 7)"
 
@@ -457,22 +468,22 @@ def test_rest_predict_with_a_version(served, rest_server):
 def test_rest_predict_errors_are_clear_and_the_server_keeps_serving(served, rest_server):
     port = rest_server.port
     with pytest.raises(serving.ServingError, match='Serving signature key "bogus" not found') as info:
-        serving.rest_predict("127.0.0.1", port, MODEL_NAME, "bogus", {"x": served.x})
+        _rest_predict("127.0.0.1", port, MODEL_NAME, "bogus", {"x": served.x})
     assert info.value.status == 400 and "HTTP 400" in str(info.value)
     with pytest.raises(serving.ServingError, match="not compatible with expected shape|reshape") as info:
-        serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": served.x.reshape(3, -1)[:, :-1], "noise": _noise(3)})
+        _rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": served.x.reshape(3, -1)[:, :-1], "noise": _noise(3)})
     assert info.value.status == 400
     # Out-of-range images answer NaN rows (what every runtime can do), not an error.
-    bad = serving.rest_predict("127.0.0.1", port, MODEL_NAME, "elbo", {"x": served.x * 255, "noise": _noise(3)})
+    bad = _rest_predict("127.0.0.1", port, MODEL_NAME, "elbo", {"x": served.x * 255, "noise": _noise(3)})
     assert np.all(np.isnan(bad["elbo"]))
     with pytest.raises(serving.ServingError, match="input size does not match"):
-        serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"z": served.z})
+        _rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"z": served.z})
     with pytest.raises(serving.ServingError, match="Servable not found") as info:
-        serving.rest_predict("127.0.0.1", port, "other_model", "encode", {"x": served.x, "noise": _noise(3)})
+        _rest_predict("127.0.0.1", port, "other_model", "encode", {"x": served.x, "noise": _noise(3)})
     assert info.value.status == 404
     with pytest.raises(ValueError, match="numeric"):
-        serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": ["a", "b"], "noise": _noise(2)})
-    out = serving.rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)})
+        _rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": ["a", "b"], "noise": _noise(2)})
+    out = _rest_predict("127.0.0.1", port, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)})
     np.testing.assert_allclose(out["loc"], served.expected["encode"]["loc"], **TOL)
 
 
@@ -504,7 +515,7 @@ class socket_closed_port:
 
 
 def test_rest_metadata_and_unnamed_single_outputs(served, rest_server, monkeypatch):
-    signatures = serving.rest_metadata("127.0.0.1", rest_server.port, MODEL_NAME)
+    signatures = _rest_metadata("127.0.0.1", rest_server.port, MODEL_NAME)
     assert set(signatures) == set(export.SIGNATURES)
     assert signatures["encode"]["inputs"] == {
         "x": {"dtype": "DT_FLOAT", "shape": [-1, *EVENT]},
@@ -517,7 +528,7 @@ def test_rest_metadata_and_unnamed_single_outputs(served, rest_server, monkeypat
     # A single output of a signature the client does not know is named from
     # the metadata.
     monkeypatch.setattr(serving, "SINGLE_OUTPUT_NAMES", {})
-    out = serving.rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, "prior_log_prob", {"z": served.z})
+    out = _rest_predict("127.0.0.1", rest_server.port, MODEL_NAME, "prior_log_prob", {"z": served.z})
     np.testing.assert_allclose(out["log_prob"], served.expected["prior_log_prob"]["log_prob"], **TOL)
     assert rest_server.paths[-1] == ("GET", f"/v1/models/{MODEL_NAME}/metadata")
 
