@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from keras_vae import kl as kl_lib
 from keras_vae._internal.distribution import in_multi_worker_mode
+from keras_vae._internal.validation import check_positive_int
 from keras_vae.objectives import log_importance_weights
 
 __all__ = [
@@ -56,23 +57,49 @@ def _sampler(model):
 
 
 class _ImportanceSampler:
-    """Compiled per-chunk work of the IWAE estimate, shared by all batches."""
+    """Compiled work of the IWAE estimate of one batch, shared by all batches."""
 
     def __init__(self, model):
         # A weak reference: the cache in `_SAMPLERS` must not keep models alive.
         self._model = weakref.ref(model)
-        self._chunk = tf.function(self._chunk_fn, reduce_retracing=True)
+        self._batch = tf.function(self._batch_fn, reduce_retracing=True)
 
     @property
     def model(self):
         return self._model()
 
-    def _chunk_fn(self, x, num_samples, seed):
-        log_w, log_px_given_z = self.model.importance_weights(x, num_samples, seed)
-        return (
-            tf.reduce_logsumexp(log_w, axis=0),
-            tf.reduce_sum(log_px_given_z, axis=0),
+    def _weights(self, x):
+        """`weights(num_samples, seed)` -> `(log_w, log_px_given_z)` of `x`:
+        the model's `importance_weight_sampler` (its per-batch work done
+        once) where it has one, else its `importance_weights`."""
+        model = self.model
+        sampler = getattr(model, "importance_weight_sampler", None)
+        if sampler is not None:
+            return sampler(x)
+        return lambda num_samples, seed: model.importance_weights(x, num_samples, seed)
+
+    def _batch_fn(self, x, num_samples, chunk, seed):
+        """The loop over chunks of `chunk` samples as one graph (a
+        `tf.while_loop`: no Python or eager ops between chunks), with a
+        running logsumexp of the log-weights and a running sum of
+        log p(x|z); chunk i draws with `stateless_fold_in(seed, i)`."""
+        weights = self._weights(x)
+        chunks = (num_samples + chunk - 1) // chunk
+        empty = tf.fill(tf.shape(x)[:1], tf.constant(-math.inf, x.dtype))
+
+        def body(i, running, total):
+            size = tf.minimum(chunk, num_samples - i * chunk)
+            log_w, log_px_given_z = weights(size, tf.random.experimental.stateless_fold_in(seed, i))
+            lse = tf.reduce_logsumexp(log_w, axis=0)
+            # logsumexp of (-inf, lse) is lse exactly: the first chunk's value.
+            running = tf.reduce_logsumexp(tf.stack([running, lse]), axis=0)
+            return i + 1, running, total + tf.reduce_sum(log_px_given_z, axis=0)
+
+        _, running, total = tf.while_loop(
+            lambda i, *_: i < chunks, body, (tf.constant(0), empty, tf.zeros_like(empty))
         )
+        k = tf.cast(num_samples, x.dtype)
+        return running - tf.math.log(k), total / k
 
     def __call__(self, x, num_samples, seed, max_elements):
         """Returns `(log p(x) estimate, mean log p(x|z) over the samples)`.
@@ -80,6 +107,8 @@ class _ImportanceSampler:
         `seed` is an int or a `[2]` stateless seed; chunk i uses
         `stateless_fold_in(seed, i)`.
         """
+        check_positive_int("num_samples", num_samples)
+        check_positive_int("max_elements", max_elements)
         seed = tf.constant([seed, 0], tf.int64) if isinstance(seed, int) else seed
         batch = int(x.shape[0])
         # Numbers held per sample: the image's pixels, or what the prior's
@@ -88,20 +117,7 @@ class _ImportanceSampler:
             math.prod(x.shape[1:]), getattr(self.model.prior, "elements_per_code", 0)
         )
         chunk = _chunk_size(batch, event_size, num_samples, max_elements)
-        running = None
-        sum_log_px_given_z = tf.zeros([batch], x.dtype)
-        done = 0
-        index = 0
-        while done < num_samples:
-            size = min(chunk, num_samples - done)
-            chunk_seed = tf.random.experimental.stateless_fold_in(seed, index)
-            lse, s = self._chunk(x, tf.constant(size, tf.int32), chunk_seed)
-            running = lse if running is None else tf.reduce_logsumexp(tf.stack([running, lse]), axis=0)
-            sum_log_px_given_z += s
-            done += size
-            index += 1
-        log_px = running - tf.math.log(tf.cast(num_samples, x.dtype))
-        return log_px, sum_log_px_given_z / num_samples
+        return self._batch(x, tf.constant(num_samples, tf.int32), tf.constant(chunk, tf.int32), seed)
 
 
 def importance_sampled_log_likelihood(

@@ -46,6 +46,7 @@ __all__ = [
     "gaussian_base",
     "gaussian_sample_from_noise",
     "importance_bound_from_noise",
+    "importance_weight_sampler",
     "is_diagonal_gaussian",
     "iwae_bound",
     "kl_from_sample",
@@ -166,13 +167,36 @@ def log_importance_weights(model, x, q, z, training=False, prior=None, log_q=Non
     return log_px_given_z + log_pz - log_qz, log_px_given_z
 
 
+def importance_weight_sampler(model, x):
+    """For a model with one latent layer (`encoder`, `decoder`, `prior`): a
+    function `weights(num_samples, seed)` returning the `log_importance_weights`
+    of `num_samples` samples z ~ q(z|x) drawn with the stateless `seed`.
+
+    What depends on the batch only, q(z|x) and p(z) (for a VampPrior the
+    encoder at its pseudo-inputs), is computed here, once, and every call
+    draws and weighs a new chunk of samples: the evaluator calls it once per
+    chunk of a batch's samples.
+
+    Example:
+
+    >>> weights = importance_weight_sampler(vae, x)  # doctest: +SKIP
+    >>> log_w, log_px_given_z = weights(100, tf.constant([0, 0]))  # doctest: +SKIP
+    """
+    q = model.encoder(x, training=False)
+    prior = model.prior.distribution(q.dtype)
+
+    def weights(num_samples, seed):
+        z, log_q = sample_and_log_prob(q, num_samples, seed)
+        return log_importance_weights(model, x, q, z, prior=prior, log_q=log_q)
+
+    return weights
+
+
 def sampled_importance_weights(model, x, num_samples, seed):
     """`log_importance_weights` of `num_samples` samples z ~ q(z|x) drawn with
     the stateless `seed`, for a model with one latent layer (`encoder`,
     `decoder`, `prior`): what the evaluator asks of a `VAE` or an export."""
-    q = model.encoder(x, training=False)
-    z, log_q = sample_and_log_prob(q, num_samples, seed)
-    return log_importance_weights(model, x, q, z, log_q=log_q)
+    return importance_weight_sampler(model, x)(num_samples, seed)
 
 
 def posterior_summary(model, x, seed):

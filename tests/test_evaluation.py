@@ -17,6 +17,7 @@ import math
 import keras
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 import tensorflow as tf
 
@@ -237,23 +238,37 @@ def test_chunk_size_respects_max_elements_and_num_samples(batch, event_size, num
 
 
 def test_sampler_processes_all_k_samples_in_chunks_within_the_memory_bound(loose_posterior_vae, binary_images):
+    # The chunk loop runs in one graph; its result must be the logsumexp over
+    # the chunks the memory bound allows (30, 30, 30, 10 samples), chunk i
+    # drawn with stateless_fold_in(seed, i), computed here chunk by chunk.
     vae, x = loose_posterior_vae, tf.constant(binary_images[:10])
-    sampler = evaluation._ImportanceSampler(vae)
-    sizes = []
-    compiled = sampler._chunk
-
-    def spy(x, num_samples, seed):
-        sizes.append(int(num_samples))
-        return compiled(x, num_samples, seed)
-
-    sampler._chunk = spy
     max_elements = 10 * 64 * 30  # 30 samples of the batch at once
-    log_px, mean_log_px_given_z = sampler(x, 100, seed=0, max_elements=max_elements)
-    assert sizes == [30, 30, 30, 10]
-    assert all(s * 10 * 64 <= max_elements for s in sizes)
+    assert evaluation._chunk_size(10, 64, 100, max_elements) == 30
+    log_px, mean_log_px_given_z = evaluation._ImportanceSampler(vae)(x, 100, seed=0, max_elements=max_elements)
+    seed = tf.constant([0, 0], tf.int64)
+    chunks = [
+        vae.importance_weights(x, size, tf.random.experimental.stateless_fold_in(seed, i))
+        for i, size in enumerate([30, 30, 30, 10])
+    ]
+    log_w = np.concatenate([c[0].numpy() for c in chunks]).astype(np.float64)
+    log_px_given_z = np.concatenate([c[1].numpy() for c in chunks]).astype(np.float64)
+    assert log_w.shape == (100, 10)
     assert log_px.shape == mean_log_px_given_z.shape == (10,)
-    # Mean log p(x|z) over the samples is below log p(x) (log w adds log p(z) - log q).
-    assert np.all(np.isfinite(log_px))
+    # float32 sums of 64 terms and a logsumexp of 100: rounding of a few ulps
+    # of the largest magnitude.
+    atol = 1e-5 * np.abs(log_w).max()
+    np.testing.assert_allclose(log_px.numpy(), scipy.special.logsumexp(log_w, axis=0) - np.log(100), rtol=0, atol=atol)
+    np.testing.assert_allclose(mean_log_px_given_z.numpy(), log_px_given_z.mean(0), rtol=0, atol=atol)
+    # The same samples in one chunk of 100 give another estimate (other draws).
+    one = evaluation._ImportanceSampler(vae)(x, 100, seed=0, max_elements=10 * 64 * 100)[0].numpy()
+    assert np.abs(one - log_px.numpy()).max() > atol
+
+
+@pytest.mark.parametrize("name, value", [("num_samples", 0), ("num_samples", 2.5), ("max_elements", 0), ("max_elements", True)])
+def test_sampler_refuses_a_bad_number_of_samples_or_elements(loose_posterior_vae, binary_images, name, value):
+    kwargs = {"num_samples": 10, "max_elements": 2**20, name: value}
+    with pytest.raises(ValueError, match=f"Expected `{name}` to be a positive integer. Received: {name}={value!r}"):
+        evaluation.importance_sampled_log_likelihood(loose_posterior_vae, binary_images[:4], seed=0, **kwargs)
 
 
 def test_chunked_and_unchunked_estimates_agree_within_monte_carlo_error(loose_posterior_vae, module_prototype_images):

@@ -274,7 +274,13 @@ class VAE(TrainingPolicy, InputChecks, keras.Model):
     def importance_weights(self, x, num_samples, seed):
         """`(log_w, log_px_given_z)`, `[S, B]`, of S samples z ~ q(z|x) drawn
         with the stateless `seed` (the evaluator's interface; `x` prepared)."""
-        return objectives.sampled_importance_weights(self, x, num_samples, seed)
+        return self.importance_weight_sampler(x)(num_samples, seed)
+
+    def importance_weight_sampler(self, x):
+        """`weights(num_samples, seed)`: `importance_weights` of `x` with
+        q(z|x) and p(z) computed once, for the evaluator's chunks of samples
+        (`keras_vae.objectives.importance_weight_sampler`)."""
+        return objectives.importance_weight_sampler(self, x)
 
     def posterior_summary(self, x, seed):
         """Per example (`x` prepared): `kl` (KL(q(z|x) || p(z)), analytic or
