@@ -264,6 +264,37 @@ def test_sampler_processes_all_k_samples_in_chunks_within_the_memory_bound(loose
     assert np.abs(one - log_px.numpy()).max() > atol
 
 
+@pytest.mark.parametrize("prior", ["standard_normal", "vamp"])
+@pytest.mark.parametrize("built", [False, True], ids=["lazily_built", "prebuilt"])
+def test_sampler_on_a_model_first_built_by_the_evaluation(binary_images, prior, built):
+    # The chunk loop computes q(z|x) and p(z) once per batch (for a
+    # VampPrior, the encoder at its pseudo-inputs) inside its tf.function: a
+    # model never called before must build there and give the chunk-by-chunk
+    # estimate, as a model built at construction does.
+    from keras_vae.layers import VampPrior
+
+    keras.utils.set_random_seed(0)
+    vae = keras_vae.VAE(
+        GaussianEncoder(2, hidden_units=(16,)),
+        BernoulliDecoder((8, 8, 1), hidden_units=(16,)),
+        prior=VampPrior(num_components=3, seed=0) if prior == "vamp" else None,
+        seed=0,
+        input_shape=(None, 8, 8, 1) if built else None,
+    )
+    assert vae.built == built
+    x = tf.constant(binary_images[:6])
+    log_px = evaluation.importance_sampled_log_likelihood(vae, x, num_samples=50, seed=3, max_elements=6 * 64 * 20)
+    assert vae.built
+    seed = tf.constant([3, 0], tf.int64)
+    prepared = vae.prepare_inputs(x)
+    log_w = np.concatenate([
+        vae.importance_weights(prepared, size, tf.random.experimental.stateless_fold_in(seed, i))[0].numpy()
+        for i, size in enumerate([20, 20, 10])
+    ]).astype(np.float64)  # fmt: skip
+    atol = 1e-5 * np.abs(log_w).max()
+    np.testing.assert_allclose(log_px.numpy(), scipy.special.logsumexp(log_w, axis=0) - np.log(50), rtol=0, atol=atol)
+
+
 @pytest.mark.parametrize("name, value", [("num_samples", 0), ("num_samples", 2.5), ("max_elements", 0), ("max_elements", True)])
 def test_sampler_refuses_a_bad_number_of_samples_or_elements(loose_posterior_vae, binary_images, name, value):
     kwargs = {"num_samples": 10, "max_elements": 2**20, name: value}
