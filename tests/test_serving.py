@@ -331,15 +331,19 @@ def grpc_target(request, servables):
     return f"127.0.0.1:{port}"
 
 
+# Seconds the stand-in servers get per answer: the clients' default 10 s ran
+# out once for a REST call while a parallel suite loaded the 2 cores.
+STAND_IN_TIMEOUT = 30
+
+
 def _rest_predict(*args, **kwargs):
-    """`serving.rest_predict` allowing the stand-in 30 s to answer (as the gRPC
-    tests do): the client's default 10 s ran out once under a parallel suite."""
-    return serving.rest_predict(*args, timeout=30, **kwargs)
+    """`serving.rest_predict` with `STAND_IN_TIMEOUT`."""
+    return serving.rest_predict(*args, timeout=STAND_IN_TIMEOUT, **kwargs)
 
 
 def _rest_metadata(*args, **kwargs):
-    """`serving.rest_metadata`, allowing 30 s (see `_rest_predict`)."""
-    return serving.rest_metadata(*args, timeout=30, **kwargs)
+    """`serving.rest_metadata` with `STAND_IN_TIMEOUT`."""
+    return serving.rest_metadata(*args, timeout=STAND_IN_TIMEOUT, **kwargs)
 
 
 def _noise(rows, k=None):
@@ -538,7 +542,7 @@ def test_rest_metadata_and_unnamed_single_outputs(served, rest_server, monkeypat
 
 def test_grpc_predict_gives_the_keras_models_numbers(served, grpc_target):
     def call(signature, inputs):
-        return serving.grpc_predict(grpc_target, MODEL_NAME, signature, inputs, timeout=30)
+        return serving.grpc_predict(grpc_target, MODEL_NAME, signature, inputs, timeout=STAND_IN_TIMEOUT)
 
     _assert_deterministic_outputs(served, call)
     elbo = call("elbo", {"x": served.x, "noise": _noise(3)})
@@ -546,7 +550,7 @@ def test_grpc_predict_gives_the_keras_models_numbers(served, grpc_target):
     np.testing.assert_allclose(elbo["kl"], served.kl, **TOL)
     sample = call("sample", {"noise": _noise(2)})
     assert sample["mean"].shape == (2,) + EVENT
-    out = serving.grpc_predict(grpc_target, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=1, timeout=30)
+    out = serving.grpc_predict(grpc_target, MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)}, version=1, timeout=STAND_IN_TIMEOUT)
     np.testing.assert_allclose(out["loc"], served.expected["encode"]["loc"], **TOL)
     # uint8 images are cast to the float32 the signature takes.
     out = call("serving_default", {"x": served.x.astype("uint8")})
@@ -555,7 +559,7 @@ def test_grpc_predict_gives_the_keras_models_numbers(served, grpc_target):
 
 def test_grpc_predict_errors_carry_the_status(served, grpc_target):
     def call(*args, **kwargs):
-        return serving.grpc_predict(grpc_target, *args, timeout=30, **kwargs)
+        return serving.grpc_predict(grpc_target, *args, timeout=STAND_IN_TIMEOUT, **kwargs)
 
     with pytest.raises(serving.ServingError, match="expected to be a float tensor") as info:
         call(MODEL_NAME, "encode", {"x": served.x.astype("float64"), "noise": _noise(3)}, dtypes=None)
@@ -571,7 +575,7 @@ def test_grpc_predict_errors_carry_the_status(served, grpc_target):
     assert info.value.status == grpc.StatusCode.INVALID_ARGUMENT
     out = call(MODEL_NAME, "encode", {"x": served.x, "noise": _noise(3)})
     np.testing.assert_allclose(out["loc"], served.expected["encode"]["loc"], **TOL)
-    signatures = serving.grpc_metadata(grpc_target, MODEL_NAME, timeout=30)
+    signatures = serving.grpc_metadata(grpc_target, MODEL_NAME, timeout=STAND_IN_TIMEOUT)
     assert signatures["decode"]["inputs"]["z"] == {"dtype": "DT_FLOAT", "shape": [-1, LATENT]}
 
 
