@@ -307,3 +307,28 @@ def test_every_test_the_derivation_names_exists():
         if not re.search(rf"^def {name}\(", source, re.MULTILINE):
             missing.append(f"{module}::{name}")
     assert not missing, missing
+
+
+def readme_layout_levels():
+    """{module: level} as the README's Layout block groups the package."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    placed, current = {}, None
+    for line in block.splitlines():
+        if not line.startswith("  ") or line.startswith("   "):
+            continue  # the top-level entries, and continuation lines
+        entry = line[2:]
+        if entry.startswith("# "):
+            current = entry[2:].split(":", 1)[0]
+            continue
+        names = entry.split("  ", 1)[0]
+        for name in [n.strip().removesuffix(".py").removesuffix("/") for n in names.split(",")]:
+            assert name not in placed, f"the README's Layout lists {name} twice"
+            placed[name] = current
+    return placed
+
+
+def test_the_readme_layout_shows_the_levels_this_test_enforces():
+    placed = readme_layout_levels()
+    assert set(LEVELS) <= set(placed.values()), f"levels in the README's Layout: {set(placed.values())}"
+    assert placed == LEVEL_OF
