@@ -3,13 +3,20 @@
 Every signature of an export is a function of its inputs (randomness comes in
 as `noise` / `uniform`) written with builtin ops: here each one is converted
 with TFLite's builtins (TF's own converter) and, where tf2onnx and
-onnxruntime are installed, to ONNX, run on the same inputs and compared with
-TensorFlow; out-of-range rows give NaN in every runtime. Then the contract:
+onnxruntime are installed, to ONNX, and (marked slow: its converter needs a
+virtualenv of its own) to TF.js in Node, run on the same inputs and compared
+with TensorFlow; out-of-range rows give NaN in every runtime. Then the contract:
 `posterior_sample` + `log_joint` give the model's own log weights and the
 evaluator's NLL, for a one-layer VAE and a hierarchical one; a VQ-VAE's
 signatures (code grids in and out) give its own codes, bound and samples.
 """
 
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -180,6 +187,78 @@ def test_every_signature_runs_in_onnx_runtime(case):
         return dict(zip([o.name for o in session.get_outputs()], outputs))
 
     _check_runtime(case, run)
+
+
+# TF.js: tensorflowjs 4.22 pins TensorFlow 2.19 (through tensorflow-decision-
+# forests, which its converter imports), so it gets a virtualenv of its own;
+# ydf 0.16, what pip picks for that, was built for a newer protobuf than
+# TF 2.19's and fails at import: 0.12 works. The runtime is the plain
+# @tensorflow/tfjs package in Node (CPU backend), as a browser or Node app
+# without native binaries has it.
+TFJS_DIR = pathlib.Path(__file__).resolve().parent / "tfjs"
+TFJS_REQUIREMENTS = ("tensorflowjs==4.22.0", "ydf==0.12.0")
+TFJS_HOME = pathlib.Path(os.environ.get("KERAS_VAE_TFJS_HOME", TFJS_DIR.parent / ".tfjs"))
+
+
+def _run_or_skip(command, what, **kwargs):
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        pytest.skip(f"could not {what} ({' '.join(map(str, command[:4]))} ...): {' | '.join(tail)}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tfjs():
+    """The TF.js converter (its own virtualenv) and runtime (Node), set up in
+    TFJS_HOME on first use (`KERAS_VAE_TFJS_HOME` to place it elsewhere)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        pytest.skip("the TF.js check needs Node.js and npm on PATH")
+    TFJS_HOME.mkdir(parents=True, exist_ok=True)
+    python = TFJS_HOME / "venv" / "bin" / "python"
+    ready = TFJS_HOME / "venv" / "keras_vae_ready.txt"
+    if not ready.exists() or ready.read_text() != "\n".join(TFJS_REQUIREMENTS):
+        shutil.rmtree(TFJS_HOME / "venv", ignore_errors=True)  # a half-made one is made again
+        _run_or_skip([sys.executable, "-m", "venv", str(TFJS_HOME / "venv")], "make the converter's virtualenv")
+        _run_or_skip([str(python), "-m", "pip", "install", "--quiet", *TFJS_REQUIREMENTS], "install the converter")
+        ready.write_text("\n".join(TFJS_REQUIREMENTS))
+    shutil.copy(TFJS_DIR / "package.json", TFJS_HOME / "package.json")
+    if not (TFJS_HOME / "node_modules" / "@tensorflow" / "tfjs").exists():
+        _run_or_skip([npm, "install", "--no-audit", "--no-fund", "--no-package-lock"], "install @tensorflow/tfjs", cwd=TFJS_HOME)
+    # Node resolves the script's imports beside the script: run it from there.
+    shutil.copy(TFJS_DIR / "run_graph_model.mjs", TFJS_HOME / "run_graph_model.mjs")
+
+    def convert(saved_model, output, signatures):
+        command = [str(python), str(TFJS_DIR / "convert.py"), saved_model, str(output), *signatures]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def run(model_dir, feed, scratch):
+        inputs = scratch / "inputs.json"
+        inputs.write_text(json.dumps({
+            name: {"dtype": str(value.dtype), "shape": list(value.shape),
+                   "data": [None if np.isnan(v) else v.item() for v in value.ravel()]}
+            for name, value in feed.items()
+        }))  # fmt: skip
+        command = [node, str(TFJS_HOME / "run_graph_model.mjs"), str(model_dir), str(inputs)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, f"TF.js failed on {model_dir.name}: {result.stderr[-2000:]}"
+        outputs = json.loads(result.stdout)
+        return {
+            name: np.array([np.nan if v is None else v for v in out["data"]], dtype=out["dtype"]).reshape(out["shape"])
+            for name, out in outputs.items()
+        }
+
+    return types.SimpleNamespace(convert=convert, run=run)
+
+
+@pytest.mark.slow
+def test_every_signature_runs_in_tfjs(case, tfjs, tmp_path):
+    signatures = export.signature_names(case.model)
+    errors = tfjs.convert(case.path, tmp_path / "tfjs", signatures)
+    assert not any(errors.values()), {k: v for k, v in errors.items() if v}
+    _check_runtime(case, lambda signature, feed: tfjs.run(tmp_path / "tfjs" / signature, feed, tmp_path))
 
 
 def _vae_only(case):

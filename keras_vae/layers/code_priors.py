@@ -54,7 +54,9 @@ def categorical_from_uniform(probs, uniform):
     """Index k with CDF(k - 1) <= u < CDF(k) of categorical `probs` `[..., K]`
     at `uniform` `[...]` in [0, 1): a sample when u ~ U[0, 1). Only sums and
     comparisons (no random op, no argmax over a float tie)."""
-    cdf = tf.cumsum(probs, axis=-1)
+    # The last axis by its number: TF.js's Cumsum (4.22) returns an empty
+    # tensor for axis -1 (tests/test_portable.py, the VQ-VAE's `sample`).
+    cdf = tf.cumsum(probs, axis=len(probs.shape) - 1)
     below = tf.cast(cdf <= uniform[..., tf.newaxis], tf.int32)
     return tf.minimum(tf.reduce_sum(below, axis=-1), tf.shape(probs)[-1] - 1)
 
