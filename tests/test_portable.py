@@ -224,14 +224,18 @@ def tfjs():
         _run_or_skip([str(python), "-m", "pip", "install", "--quiet", *TFJS_REQUIREMENTS], "install the converter")
         ready.write_text("\n".join(TFJS_REQUIREMENTS))
     shutil.copy(TFJS_DIR / "package.json", TFJS_HOME / "package.json")
-    if not (TFJS_HOME / "node_modules" / "@tensorflow" / "tfjs").exists():
+    # Installed again when the package.json's pin is not what is installed.
+    wanted = json.loads((TFJS_DIR / "package.json").read_text())["dependencies"]["@tensorflow/tfjs"]
+    installed = TFJS_HOME / "node_modules" / "@tensorflow" / "tfjs" / "package.json"
+    if not installed.exists() or json.loads(installed.read_text())["version"] != wanted:
         _run_or_skip([npm, "install", "--no-audit", "--no-fund", "--no-package-lock"], "install @tensorflow/tfjs", cwd=TFJS_HOME)
     # Node resolves the script's imports beside the script: run it from there.
     shutil.copy(TFJS_DIR / "run_graph_model.mjs", TFJS_HOME / "run_graph_model.mjs")
 
     def convert(saved_model, output, signatures):
         command = [str(python), str(TFJS_DIR / "convert.py"), saved_model, str(output), *signatures]
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, f"the TF.js converter failed: {result.stderr[-2000:]}"
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     def run(model_dir, feed, scratch):

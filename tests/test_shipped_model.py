@@ -14,12 +14,12 @@ import tensorflow as tf
 
 from conftest import float32_atol
 from conftest import shared_data_dir
+from keras_vae import export
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASE = os.path.join(HERE, "..", "saved_models", "binarized_mnist_vae")
-VERSIONS = sorted(
-    (v for v in (os.listdir(BASE) if os.path.isdir(BASE) else []) if v.isdigit()), key=int
-)
+# The version directories as TF Serving finds them, as strings for paths and test ids.
+VERSIONS = [str(v) for v in export.existing_versions(BASE)]
 
 pytestmark = pytest.mark.skipif(not VERSIONS, reason="no shipped export in this checkout")
 
@@ -167,9 +167,7 @@ def test_shipped_export_reproduces_its_recorded_validation_elbo(session):
 VQ_BASE = os.path.join(HERE, "..", "saved_models", "binarized_mnist_vqvae")
 
 
-VQ_VERSIONS = sorted(
-    (v for v in os.listdir(VQ_BASE) if v.isdigit()) if os.path.isdir(VQ_BASE) else [], key=int
-)
+VQ_VERSIONS = [str(v) for v in export.existing_versions(VQ_BASE)]
 
 
 @pytest.mark.skipif(not VQ_VERSIONS, reason="no shipped VQ-VAE in this checkout")
